@@ -1,0 +1,144 @@
+"""Settings, read from ``DISKVAULT_*`` environment variables (and ``.env``).
+
+Paths default to folders inside ``DATA_DIR``. :func:`get_settings` validates
+them and creates them; a bad value raises :class:`ConfigError` naming the
+setting, which ``diskvault serve`` prints as one line before exiting.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from diskvault.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DISKVAULT_", env_file=".env", extra="ignore")
+
+    DATA_DIR: Path = Path("./var")
+    DATABASE_URL: str = ""
+    QUEUE_URL: str = ""  # empty: embedded SqliteHuey in DATA_DIR
+    WORKERS: int = Field(default=2, ge=0, le=64)
+    NODE: str = Field(default_factory=lambda: os.uname().nodename)
+
+    IMAGE_STORAGE_PATH: Path | None = None
+    TEMP_STORAGE_PATH: Path | None = None
+    BACKUP_REPOSITORY_PATH: Path | None = None
+    IMPORT_ROOTS: list[Path] = Field(default_factory=list)
+
+    QEMU_IMG_PATH: str = "qemu-img"
+    QEMU_IO_PATH: str = "qemu-io"
+    QEMU_STORAGE_DAEMON_PATH: str = "qemu-storage-daemon"
+    QEMU_SYSTEM_PATH: str = "qemu-system-x86_64"
+    TGTADM_PATH: str = "tgtadm"
+    TGTD_PATH: str = "tgtd"
+
+    BIND_HOST: str = "127.0.0.1"
+    PORT: int = Field(default=8080, ge=1, le=65535)
+    CORS_ORIGINS: list[str] = Field(default_factory=list)
+    MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
+
+    ADMIN_PASSWORD: str | None = None
+    SECRET_KEY: str = ""
+    ACCESS_TOKEN_MINUTES: int = Field(default=30, ge=1)
+    REFRESH_TOKEN_DAYS: int = Field(default=14, ge=1)
+
+    LOG_LEVEL: str = "INFO"
+    LOG_FORMAT: str = "auto"  # auto | json | console
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Settings:
+        data = self.DATA_DIR
+        if self.IMAGE_STORAGE_PATH is None:
+            self.IMAGE_STORAGE_PATH = data / "images"
+        if self.TEMP_STORAGE_PATH is None:
+            self.TEMP_STORAGE_PATH = data / "tmp"
+        if self.BACKUP_REPOSITORY_PATH is None:
+            self.BACKUP_REPOSITORY_PATH = data / "backups"
+        if not self.DATABASE_URL:
+            self.DATABASE_URL = f"sqlite:///{(data / 'diskvault.db').absolute()}"
+        return self
+
+    @property
+    def image_dir(self) -> Path:
+        assert self.IMAGE_STORAGE_PATH is not None
+        return self.IMAGE_STORAGE_PATH
+
+    @property
+    def temp_dir(self) -> Path:
+        assert self.TEMP_STORAGE_PATH is not None
+        return self.TEMP_STORAGE_PATH
+
+    @property
+    def backup_dir(self) -> Path:
+        assert self.BACKUP_REPOSITORY_PATH is not None
+        return self.BACKUP_REPOSITORY_PATH
+
+    def storage_paths(self) -> dict[str, Path]:
+        return {
+            "DATA_DIR": self.DATA_DIR,
+            "IMAGE_STORAGE_PATH": self.image_dir,
+            "TEMP_STORAGE_PATH": self.temp_dir,
+            "BACKUP_REPOSITORY_PATH": self.backup_dir,
+        }
+
+    def prepare(self) -> None:
+        """Create and check every path; load or create the secret key."""
+        for name, path in self.storage_paths().items():
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(setting=f"DISKVAULT_{name}", detail=f"{path}: {exc.strerror}") from exc
+            if not path.is_dir():
+                raise ConfigError(setting=f"DISKVAULT_{name}", detail=f"{path} is not a directory")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ConfigError(setting=f"DISKVAULT_{name}", detail=f"{path} is not writable")
+        for root in self.IMPORT_ROOTS:
+            if not root.is_dir():
+                raise ConfigError(setting="DISKVAULT_IMPORT_ROOTS", detail=f"{root} is not a directory")
+        if not self.DATABASE_URL.startswith(("sqlite", "postgresql")):
+            raise ConfigError(
+                setting="DISKVAULT_DATABASE_URL",
+                detail="only sqlite:/// and postgresql:// URLs are supported",
+            )
+        if not self.SECRET_KEY:
+            self.SECRET_KEY = _load_or_create_secret(self.DATA_DIR / "secret.key")
+        elif len(self.SECRET_KEY) < 16:
+            raise ConfigError(setting="DISKVAULT_SECRET_KEY", detail="must be at least 16 characters")
+
+
+def _load_or_create_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(48)
+    tmp = path.with_suffix(".partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return key
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build and prepare settings; pydantic errors become one-line ConfigErrors."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "DISKVAULT_" + str(err["loc"][0]) if err["loc"] else "DISKVAULT_*"
+        raise ConfigError(setting=name, detail=err["msg"]) from None
+    settings.prepare()
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

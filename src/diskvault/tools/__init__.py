@@ -1,0 +1,1 @@
+"""Thin wrappers around external tools: one module per tool."""
