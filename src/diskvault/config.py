@@ -94,14 +94,18 @@ class Settings(BaseSettings):
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise ConfigError(setting=f"DISKVAULT_{name}", detail=f"{path}: {exc.strerror}") from exc
+                raise ConfigError(
+                    setting=f"DISKVAULT_{name}", detail=f"{path}: {exc.strerror}"
+                ) from exc
             if not path.is_dir():
                 raise ConfigError(setting=f"DISKVAULT_{name}", detail=f"{path} is not a directory")
             if not os.access(path, os.W_OK | os.X_OK):
                 raise ConfigError(setting=f"DISKVAULT_{name}", detail=f"{path} is not writable")
         for root in self.IMPORT_ROOTS:
             if not root.is_dir():
-                raise ConfigError(setting="DISKVAULT_IMPORT_ROOTS", detail=f"{root} is not a directory")
+                raise ConfigError(
+                    setting="DISKVAULT_IMPORT_ROOTS", detail=f"{root} is not a directory"
+                )
         if not self.DATABASE_URL.startswith(("sqlite", "postgresql")):
             raise ConfigError(
                 setting="DISKVAULT_DATABASE_URL",
@@ -110,7 +114,9 @@ class Settings(BaseSettings):
         if not self.SECRET_KEY:
             self.SECRET_KEY = _load_or_create_secret(self.DATA_DIR / "secret.key")
         elif len(self.SECRET_KEY) < 16:
-            raise ConfigError(setting="DISKVAULT_SECRET_KEY", detail="must be at least 16 characters")
+            raise ConfigError(
+                setting="DISKVAULT_SECRET_KEY", detail="must be at least 16 characters"
+            )
 
 
 def _load_or_create_secret(path: Path) -> str:

@@ -94,7 +94,7 @@ def run(
     argv = [str(c) for c in cmd]
     full = ["prlimit", *prlimit, "--", *argv] if prlimit else argv
     try:
-        proc = subprocess.run(  # noqa: S603 - argument list, no shell
+        proc = subprocess.run(
             full,
             capture_output=True,
             text=True,
@@ -138,7 +138,7 @@ class Process:
 
     def start(self) -> None:
         try:
-            self.proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
+            self.proc = subprocess.Popen(
                 self.cmd,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

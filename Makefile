@@ -1,0 +1,34 @@
+# make run   - install what is missing, then run diskvault on embedded defaults
+# make test  - install what is missing, then lint, type-check and run every test
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: run test lint deps system-deps clean bench
+
+deps: system-deps $(STAMP)
+
+system-deps:
+	@./scripts/install-system-deps
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+run: deps
+	$(BIN)/diskvault serve
+
+lint: deps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src/
+
+test: lint
+	@./scripts/check-services
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,103 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
+
+from diskvault import __version__
+from diskvault.api import middleware, problems, system
+from diskvault.auth import endpoints as auth_endpoints
+from diskvault.auth import service as auth_service
+from diskvault.config import Settings
+from diskvault.db import migrate
+from diskvault.db.engine import session_scope
+
+log = structlog.get_logger("diskvault")
+
+# Routes whose bodies stream to disk and so are exempt from MAX_BODY_BYTES.
+STREAMING_UPLOADS = ("/api/v1/images/upload",)
+
+
+def prepare_database(settings: Settings) -> None:
+    """Apply migrations and create the first admin (its generated password printed once)."""
+    migrate.upgrade(settings.DATABASE_URL)
+    with session_scope(settings.DATABASE_URL) as session:
+        generated = auth_service.bootstrap_admin(session, settings.ADMIN_PASSWORD)
+    if generated:
+        print(
+            f"diskvault: created user 'admin' with password: {generated}\n"
+            "diskvault: this is shown once; change it or set DISKVAULT_ADMIN_PASSWORD.",
+            file=sys.stderr,
+            flush=True,
+        )
+        log.warning("admin user created with a generated password (printed once on stderr)")
+
+
+def _audit(settings: Settings) -> middleware.AuditFn:
+    def record(scope: MutableMapping[str, Any], status: int) -> None:
+        principal = scope["state"]["principal"]
+        with session_scope(settings.DATABASE_URL) as session:
+            auth_service.record_audit(
+                session,
+                username=principal.username,
+                action=f"{scope['method']} {getattr(scope.get('route'), 'path', scope['path'])}",
+                target=scope["path"],
+                status=status,
+                request_id=scope["state"].get("request_id"),
+            )
+
+    return record
+
+
+def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if run_startup:
+            prepare_database(settings)
+        for hook in app.state.startup_hooks:
+            hook(app)
+        log.info("diskvault started", version=__version__, node=settings.NODE)
+        try:
+            yield
+        finally:
+            for hook in reversed(app.state.shutdown_hooks):
+                hook(app)
+
+    app = FastAPI(
+        title="diskvault",
+        version=__version__,
+        description="Disk-image library, diskless boot over iSCSI, QCOW2 backups, organizer.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.started = time.monotonic()
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+
+    problems.install(app)
+    app.include_router(system.router)
+    app.include_router(auth_endpoints.router)
+
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
+    if settings.CORS_ORIGINS:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.CORS_ORIGINS,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(
+        middleware.BodyLimit, limit=settings.MAX_BODY_BYTES, exempt=STREAMING_UPLOADS
+    )
+    app.add_middleware(middleware.RequestContext, audit=_audit(settings))
+    return app

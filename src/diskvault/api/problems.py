@@ -1,0 +1,86 @@
+"""RFC 9457 problem+json for every error; never a stack trace in a response."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from diskvault.errors import DiskvaultError
+
+log = structlog.get_logger("diskvault.api")
+MEDIA_TYPE = "application/problem+json"
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=body["status"], media_type=MEDIA_TYPE, headers=headers)
+
+
+def _instance(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    body.setdefault("instance", request.url.path)
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        body["request_id"] = rid
+    return body
+
+
+async def _diskvault_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DiskvaultError)
+    if exc.status >= 500:
+        log.error("request failed", error=exc.message, error_type=type(exc).__name__)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return problem_response(_instance(request, exc.problem()), headers)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+    return f"{loc}: {err.get('msg', 'invalid')}"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+        for e in exc.errors()
+    ]
+    body = {
+        "type": "urn:diskvault:error:validation",
+        "title": "Invalid request",
+        "status": 422,
+        "detail": "; ".join(_describe(e) for e in exc.errors()) or "invalid request",
+        "errors": errors,
+    }
+    return problem_response(_instance(request, body))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    body = {
+        "type": "about:blank",
+        "title": str(exc.detail) if exc.status_code < 500 else "Server error",
+        "status": exc.status_code,
+        "detail": str(exc.detail),
+    }
+    return problem_response(_instance(request, body), dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", error_type=type(exc).__name__)
+    body = {
+        "type": "about:blank",
+        "title": "Internal error",
+        "status": 500,
+        "detail": "internal error; the server log has the details under this request_id",
+    }
+    return problem_response(_instance(request, body))
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DiskvaultError, _diskvault_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,1 @@
+"""Users, roles, JWT and API tokens, and the audit log."""

@@ -1,0 +1,25 @@
+from diskvault.errors import Conflict, Forbidden, Unauthorized
+
+
+class InvalidCredentials(Unauthorized):
+    template = "invalid username or password"
+
+
+class InvalidToken(Unauthorized):
+    template = "invalid token: {detail}; log in again (diskvault login)"
+
+
+class MissingToken(Unauthorized):
+    template = "authentication required: send 'Authorization: Bearer <token>' (diskvault login)"
+
+
+class RoleRequired(Forbidden):
+    template = "this action needs the {role} role; your role is {current}"
+
+
+class UserExists(Conflict):
+    template = "user {username} already exists"
+
+
+class AdminRequiredForSignup(Forbidden):
+    template = "an admin already exists: only an admin can create users"

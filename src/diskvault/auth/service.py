@@ -1,0 +1,216 @@
+"""Auth rules: login, refresh, token resolution, users, API tokens, audit."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from diskvault.api.pagination import PageParams, paginate
+from diskvault.auth import security
+from diskvault.auth.errors import (
+    AdminRequiredForSignup,
+    InvalidCredentials,
+    InvalidToken,
+    UserExists,
+)
+from diskvault.auth.models import ApiToken, AuditLog, Role, User
+from diskvault.config import Settings
+from diskvault.errors import NotFound
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: resolved from a JWT or an API token."""
+
+    user_id: str
+    username: str
+    role: Role
+    via: str  # "jwt" | "api-token"
+
+
+def issue_tokens(settings: Settings, user: User) -> dict[str, Any]:
+    access_ttl = timedelta(minutes=settings.ACCESS_TOKEN_MINUTES)
+    return {
+        "access_token": security.encode_token(
+            settings.SECRET_KEY, sub=user.id, kind="access", ttl=access_ttl, role=user.role.value
+        ),
+        "refresh_token": security.encode_token(
+            settings.SECRET_KEY,
+            sub=user.id,
+            kind="refresh",
+            ttl=timedelta(days=settings.REFRESH_TOKEN_DAYS),
+            ver=user.token_version,
+        ),
+        "token_type": "bearer",
+        "expires_in": int(access_ttl.total_seconds()),
+    }
+
+
+def login(session: Session, settings: Settings, username: str, password: str) -> dict[str, Any]:
+    user = session.scalar(select(User).where(User.username == username))
+    # Verify against a dummy hash when the user is unknown so timing does not leak it.
+    stored = user.password_hash if user else _DUMMY_HASH
+    ok = security.verify_password(stored, password)
+    if not user or not ok or not user.is_active:
+        raise InvalidCredentials()
+    return issue_tokens(settings, user)
+
+
+_DUMMY_HASH = security.hash_password(secrets.token_hex(8))
+
+
+def refresh(session: Session, settings: Settings, refresh_token: str) -> dict[str, Any]:
+    payload = security.decode_token(settings.SECRET_KEY, refresh_token, kind="refresh")
+    user = session.get(User, payload["sub"])
+    if not user or not user.is_active or payload.get("ver") != user.token_version:
+        raise InvalidToken("refresh token is no longer valid")
+    return issue_tokens(settings, user)
+
+
+def resolve(session: Session, settings: Settings, token: str) -> Principal:
+    """Turn a bearer token (JWT access token or API token) into a Principal."""
+    if token.startswith(security.API_TOKEN_PREFIX):
+        row = session.scalar(
+            select(ApiToken).where(ApiToken.token_hash == security.hash_api_token(token))
+        )
+        now = datetime.now(UTC)
+        if row is None or row.revoked_at is not None:
+            raise InvalidToken("unknown or revoked API token")
+        if row.expires_at is not None and row.expires_at < now:
+            raise InvalidToken("API token expired")
+        user = session.get(User, row.user_id)
+        if user is None or not user.is_active:
+            raise InvalidToken("the token's user is disabled")
+        row.last_used_at = now
+        session.commit()
+        return Principal(user.id, user.username, user.role, "api-token")
+    payload = security.decode_token(settings.SECRET_KEY, token, kind="access")
+    user = session.get(User, payload["sub"])
+    if user is None or not user.is_active:
+        raise InvalidToken("unknown or disabled user")
+    return Principal(user.id, user.username, user.role, "jwt")
+
+
+def has_admin(session: Session) -> bool:
+    return session.scalar(select(User.id).where(User.role == Role.admin).limit(1)) is not None
+
+
+def create_user(session: Session, username: str, password: str, role: Role) -> User:
+    if session.scalar(select(User.id).where(User.username == username)):
+        raise UserExists(username=username)
+    user = User(username=username, password_hash=security.hash_password(password), role=role)
+    session.add(user)
+    session.commit()
+    return user
+
+
+def signup(
+    session: Session, caller: Principal | None, username: str, password: str, role: Role
+) -> User:
+    """Open only while no admin exists (then the first user is admin); admin-only after."""
+    if has_admin(session):
+        if caller is None or caller.role != Role.admin:
+            raise AdminRequiredForSignup()
+    else:
+        role = Role.admin
+    return create_user(session, username, password, role)
+
+
+def bootstrap_admin(session: Session, password: str | None) -> str | None:
+    """Create ``admin`` on first start. Returns the generated password, if any."""
+    if has_admin(session):
+        return None
+    generated = None
+    if not password:
+        password = generated = secrets.token_urlsafe(12)
+    create_user(session, "admin", password, Role.admin)
+    return generated
+
+
+def get_user(session: Session, user_id: str) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(kind="user", id=user_id)
+    return user
+
+
+def update_user(
+    session: Session,
+    user_id: str,
+    *,
+    role: Role | None,
+    is_active: bool | None,
+    password: str | None,
+) -> User:
+    user = get_user(session, user_id)
+    if role is not None:
+        user.role = role
+    if is_active is not None:
+        user.is_active = is_active
+    if password is not None:
+        user.password_hash = security.hash_password(password)
+        user.token_version += 1
+    session.commit()
+    return user
+
+
+def list_users(session: Session, params: PageParams) -> tuple[list[User], int]:
+    return paginate(session, select(User).order_by(User.username), params)
+
+
+def create_api_token(
+    session: Session, caller: Principal, name: str, expires_days: int | None
+) -> tuple[ApiToken, str]:
+    plain, digest = security.new_api_token()
+    expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+    row = ApiToken(user_id=caller.user_id, name=name, token_hash=digest, expires_at=expires)
+    session.add(row)
+    session.commit()
+    return row, plain
+
+
+def list_api_tokens(session: Session, caller: Principal) -> list[ApiToken]:
+    stmt = select(ApiToken).where(ApiToken.user_id == caller.user_id).order_by(ApiToken.created_at)
+    return list(session.scalars(stmt))
+
+
+def revoke_api_token(session: Session, caller: Principal, token_id: str) -> ApiToken:
+    row = session.get(ApiToken, token_id)
+    if row is None or (row.user_id != caller.user_id and caller.role != Role.admin):
+        raise NotFound(kind="API token", id=token_id)
+    if row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+        session.commit()
+    return row
+
+
+def record_audit(
+    session: Session,
+    *,
+    username: str,
+    action: str,
+    target: str | None,
+    status: int,
+    request_id: str | None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditLog(
+            username=username,
+            action=action,
+            target=target,
+            status=status,
+            request_id=request_id,
+            details=details,
+        )
+    )
+    session.commit()
+
+
+def list_audit(session: Session, params: PageParams) -> tuple[list[AuditLog], int]:
+    return paginate(session, select(AuditLog).order_by(AuditLog.id.desc()), params)

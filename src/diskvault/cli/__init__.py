@@ -1,0 +1,1 @@
+"""The ``diskvault`` command line: one module per command group."""

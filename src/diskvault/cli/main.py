@@ -1,0 +1,62 @@
+"""Entry point: the typer app, its command groups, and one-line error output."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import typer
+
+from diskvault.cli import serve, session
+from diskvault.cli.client import ApiError
+from diskvault.cli.common import err_console
+from diskvault.errors import DiskvaultError
+
+app = typer.Typer(
+    name="diskvault",
+    help="diskvault: disk-image library, diskless iSCSI boot, QCOW2 backups, organizer.\n\n"
+    "Example: diskvault serve",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks on errors"),
+) -> None:
+    """diskvault command line. Example: diskvault --debug status"""
+    _state["debug"] = debug
+
+
+app.command()(serve.serve)
+app.command()(session.login)
+app.command()(session.logout)
+app.command()(session.status)
+app.command()(session.version)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except DiskvaultError as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        code = exc.exit_code_value if isinstance(exc, ApiError) else exc.exit_code
+        sys.exit(code)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print(
+            f"[red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True
+        )
+        sys.exit(1)

@@ -1,0 +1,38 @@
+"""``diskvault serve``: the API (and embedded worker) on embedded defaults."""
+
+from __future__ import annotations
+
+import typer
+import uvicorn
+
+from diskvault.config import load_settings
+from diskvault.logging import configure
+
+
+def serve(
+    host: str = typer.Option(None, "--host", help="bind address (DISKVAULT_BIND_HOST)"),
+    port: int = typer.Option(None, "--port", help="TCP port (DISKVAULT_PORT)"),
+) -> None:
+    """Run the API server with the embedded worker (SQLite, local storage).
+
+    Example: DISKVAULT_DATA_DIR=/srv/diskvault diskvault serve --port 8080
+    """
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["BIND_HOST"] = host
+    if port:
+        overrides["PORT"] = port
+    settings = load_settings(**overrides)
+    configure(settings.LOG_LEVEL, settings.LOG_FORMAT)
+
+    from diskvault.api.app import create_app
+
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.BIND_HOST,
+        port=settings.PORT,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,6 @@
+"""Imports every package's models so Alembic and ``create_all`` see all tables."""
+
+from diskvault.auth import models as auth_models
+from diskvault.db.base import Base
+
+__all__ = ["Base", "auth_models"]
