@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     DATA_DIR: Path = Path("./var")
     DATABASE_URL: str = ""
     QUEUE_URL: str = ""  # empty: embedded SqliteHuey in DATA_DIR
+    QUEUE_NAME: str = Field(default="diskvault", pattern=r"^[A-Za-z0-9_.-]+$")
     WORKERS: int = Field(default=2, ge=0, le=64)
     NODE: str = Field(default_factory=lambda: os.uname().nodename)
 
@@ -48,6 +49,15 @@ class Settings(BaseSettings):
     SECRET_KEY: str = ""
     ACCESS_TOKEN_MINUTES: int = Field(default=30, ge=1)
     REFRESH_TOKEN_DAYS: int = Field(default=14, ge=1)
+
+    JOB_HEARTBEAT_S: float = Field(default=2.0, gt=0)
+    JOB_HEARTBEAT_TIMEOUT_S: float = Field(default=30.0, gt=0)
+    JOB_REAPER_INTERVAL_S: float = Field(default=5.0, gt=0)
+    JOB_RETRY_BASE_S: float = Field(default=2.0, ge=0)
+    JOB_RETRY_FACTOR: float = Field(default=2.0, ge=1)
+    JOB_RETRY_MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    JOB_CANCEL_GRACE_S: float = Field(default=3.0, gt=0)
+    ENABLE_TEST_JOBS: bool = False
 
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: str = "auto"  # auto | json | console

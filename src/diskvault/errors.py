@@ -46,7 +46,9 @@ class DiskvaultError(Exception):
             "detail": self.message,
         }
         for key, value in self.fields.items():
-            if key != "detail" and isinstance(value, str | int | float | bool | None | list):
+            if key in body or key == "instance":
+                continue  # RFC 9457 members are ours; a template field never overrides them
+            if isinstance(value, str | int | float | bool | None | list):
                 body[key] = value
         return body
 

@@ -20,6 +20,9 @@ from diskvault.auth import service as auth_service
 from diskvault.config import Settings
 from diskvault.db import migrate
 from diskvault.db.engine import session_scope
+from diskvault.jobs import endpoints as job_endpoints
+from diskvault.jobs import queue as job_queue
+from diskvault.jobs.worker import WorkerHost
 
 log = structlog.get_logger("diskvault")
 
@@ -63,6 +66,8 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if run_startup:
             prepare_database(settings)
+        worker = WorkerHost(settings, workers=settings.WORKERS)
+        worker.start()
         for hook in app.state.startup_hooks:
             hook(app)
         log.info("diskvault started", version=__version__, node=settings.NODE)
@@ -71,6 +76,7 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
         finally:
             for hook in reversed(app.state.shutdown_hooks):
                 hook(app)
+            worker.stop()
 
     app = FastAPI(
         title="diskvault",
@@ -82,10 +88,13 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
     app.state.started = time.monotonic()
     app.state.startup_hooks = []
     app.state.shutdown_hooks = []
+    app.state.queue_ping = lambda: job_queue.ping(settings)
 
     problems.install(app)
     app.include_router(system.router)
     app.include_router(auth_endpoints.router)
+    app.include_router(job_endpoints.router)
+    app.include_router(job_endpoints.ws_router)
 
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     if settings.CORS_ORIGINS:

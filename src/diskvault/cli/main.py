@@ -7,7 +7,7 @@ import traceback
 
 import typer
 
-from diskvault.cli import serve, session
+from diskvault.cli import jobs, serve, session, worker
 from diskvault.cli.client import ApiError
 from diskvault.cli.common import err_console
 from diskvault.errors import DiskvaultError
@@ -36,6 +36,8 @@ app.command()(session.login)
 app.command()(session.logout)
 app.command()(session.status)
 app.command()(session.version)
+app.command()(worker.worker)
+app.add_typer(jobs.app, name="jobs")
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -74,3 +74,9 @@ def ping(url: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def updated_rows(session: Session, stmt: Any) -> int:
+    """Execute an UPDATE/DELETE and return how many rows it touched."""
+    result = cast(CursorResult[Any], session.execute(stmt))
+    return int(result.rowcount)

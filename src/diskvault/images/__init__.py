@@ -1,0 +1,1 @@
+"""Image library: safe inspection, import, conversion and resizing of disk images."""

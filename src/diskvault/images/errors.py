@@ -1,0 +1,55 @@
+"""Errors of the image library."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from diskvault.errors import Unprocessable
+
+
+class Reason(StrEnum):
+    """Why an image was rejected; stable strings for the API and the CLI."""
+
+    UNREADABLE = "unreadable"
+    EMPTY = "empty"
+    INVALID_HEADER = "invalid-header"
+    UNSUPPORTED_FORMAT = "unsupported-format"
+    FORMAT_MISMATCH = "format-mismatch"
+    POLYGLOT = "polyglot"
+    BACKING_FILE = "backing-file"
+    DATA_FILE = "external-data-file"
+    UNKNOWN_FEATURE = "unknown-feature"
+    ENCRYPTED = "encrypted"
+    CORRUPT = "corrupt"
+    VMDK_CREATE_TYPE = "vmdk-create-type"
+    VMDK_EXTENT = "vmdk-external-extent"
+    TOO_LARGE = "virtual-size-too-large"
+    QEMU_DISAGREES = "qemu-img-disagrees"
+
+
+_SELF_CONTAINED = "convert it to a self-contained image (qemu-img convert -O qcow2) and import that"
+_CHECK_FILE = (
+    "check that the file is a complete disk image in a supported format "
+    "(qcow2, vhdx, vmdk, vdi, vhd, raw or iso)"
+)
+ADVICE: dict[Reason, str] = {
+    Reason.BACKING_FILE: _SELF_CONTAINED,
+    Reason.DATA_FILE: _SELF_CONTAINED,
+    Reason.VMDK_CREATE_TYPE: _SELF_CONTAINED,
+    Reason.VMDK_EXTENT: _SELF_CONTAINED,
+    Reason.ENCRYPTED: "decrypt it (qemu-img convert with the key) and import the plain image",
+    Reason.FORMAT_MISMATCH: "import it again with the format it really has",
+    Reason.POLYGLOT: "convert it on a trusted machine to a plain image and import that",
+    Reason.TOO_LARGE: "shrink the image or raise the virtual size limit",
+}
+
+
+class UnsafeImage(Unprocessable):
+    """The image's headers show something that could read outside it or hurt the host."""
+
+    template = "image rejected ({reason}): {detail}; {advice}"
+    title = "Unsafe or unsupported image"
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        self.reason = reason
+        super().__init__(detail, reason=str(reason), advice=ADVICE.get(reason, _CHECK_FILE))

@@ -1,0 +1,1 @@
+"""Background jobs: Huey dispatches, the ``jobs`` table holds the truth."""

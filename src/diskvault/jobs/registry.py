@@ -1,0 +1,58 @@
+"""Job kinds: a name, a handler, and how failures are treated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from diskvault.jobs.errors import UnknownJobKind
+
+if TYPE_CHECKING:
+    from diskvault.config import Settings
+    from diskvault.jobs.context import JobContext
+
+Handler = Callable[["JobContext"], dict[str, Any] | None]
+FailureHook = Callable[["Settings", str, dict[str, Any], str], None]  # job_id, params, error
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    handler: Handler
+    idempotent: bool = False
+    max_attempts: int | None = None  # None: the DISKVAULT_JOB_RETRY_MAX_ATTEMPTS setting
+    on_failure: FailureHook | None = None  # also called when the reaper fails the job
+    test_only: bool = False
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def job_kind(
+    name: str,
+    *,
+    idempotent: bool = False,
+    max_attempts: int | None = None,
+    on_failure: FailureHook | None = None,
+    test_only: bool = False,
+) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        KINDS[name] = JobKind(name, fn, idempotent, max_attempts, on_failure, test_only)
+        return fn
+
+    return register
+
+
+def get_kind(name: str) -> JobKind:
+    if name not in KINDS:
+        load_all()
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UnknownJobKind(kind=name, known=", ".join(sorted(KINDS)) or "none") from None
+
+
+def load_all() -> None:
+    """Import every package that registers job kinds."""
+    from diskvault.jobs import demo  # noqa: F401

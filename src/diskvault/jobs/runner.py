@@ -1,0 +1,144 @@
+"""Runs one job: claim it, heartbeat, call its handler, record how it ended."""
+
+from __future__ import annotations
+
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import update
+
+from diskvault.config import Settings
+from diskvault.db.engine import session_scope, updated_rows
+from diskvault.errors import DiskvaultError
+from diskvault.jobs import queue, registry
+from diskvault.jobs.context import JobContext
+from diskvault.jobs.errors import RetriableError
+from diskvault.jobs.models import Job, JobStatus
+from diskvault.tools.process import Cancelled, ToolError
+
+log = structlog.get_logger("diskvault.jobs")
+
+
+def _claim(settings: Settings, job_id: str) -> Job | None:
+    """queued -> running, atomically: a job dispatched twice runs once."""
+    now = datetime.now(UTC)
+    with session_scope(settings.DATABASE_URL) as s:
+        claimed = updated_rows(
+            s,
+            update(Job)
+            .where(
+                Job.id == job_id, Job.status == JobStatus.queued, Job.cancel_requested.is_(False)
+            )
+            .values(
+                status=JobStatus.running,
+                started_at=now,
+                heartbeat_at=now,
+                ran_on=settings.NODE,
+                attempts=Job.attempts + 1,
+                error=None,
+                error_stderr=None,
+            ),
+        )
+        if not claimed:
+            return None
+        job = s.get(Job, job_id)
+        assert job is not None
+        s.expunge(job)
+        return job
+
+
+def finish(
+    settings: Settings,
+    job_id: str,
+    status: JobStatus,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+    stderr: str | None = None,
+) -> None:
+    values: dict[str, Any] = {"status": status, "finished_at": datetime.now(UTC)}
+    if status == JobStatus.succeeded:
+        values.update(percent=100.0, eta_s=0.0, result=result)
+    if error is not None:
+        values.update(error=error[:4000], error_stderr=(stderr or None) and stderr[-8000:])
+    with session_scope(settings.DATABASE_URL) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def run_job(settings: Settings, job_id: str) -> None:
+    job = _claim(settings, job_id)
+    if job is None:
+        return
+    kind = registry.get_kind(job.kind)
+    ctx = JobContext(settings, job_id, dict(job.params or {}), job.attempts)
+    bound = structlog.contextvars.bound_contextvars(job_id=job_id, job_kind=job.kind)
+    with bound:
+        log.info("job started", attempt=job.attempts)
+        ctx.start_heartbeat()
+        try:
+            result = kind.handler(ctx)
+        except Cancelled:
+            ctx.run_cleanups()
+            finish(settings, job_id, JobStatus.cancelled, error="cancelled by request")
+            log.info("job cancelled")
+        except RetriableError as exc:
+            ctx.run_cleanups()
+            _retry_or_fail(settings, job, kind, exc.message)
+        except Exception as exc:
+            ctx.run_cleanups()
+            message, stderr = describe(exc)
+            finish(settings, job_id, JobStatus.failed, error=message, stderr=stderr)
+            log.warning("job failed", error=message)
+            _call_failure_hook(settings, kind, job, message)
+        else:
+            finish(settings, job_id, JobStatus.succeeded, result=result or {})
+            log.info("job succeeded")
+        finally:
+            ctx.stop_heartbeat()
+
+
+def describe(exc: BaseException) -> tuple[str, str | None]:
+    if isinstance(exc, ToolError):
+        return exc.message, exc.stderr
+    if isinstance(exc, DiskvaultError):
+        return exc.message, None
+    # Unexpected: the message for the user, the traceback for the log field.
+    return f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))[-8000:]
+
+
+def _retry_or_fail(settings: Settings, job: Job, kind: registry.JobKind, message: str) -> None:
+    if job.attempts >= job.max_attempts:
+        finish(
+            settings,
+            job.id,
+            JobStatus.failed,
+            error=f"{message} (gave up after {job.attempts} attempts)",
+        )
+        _call_failure_hook(settings, kind, job, message)
+        return
+    delay = settings.JOB_RETRY_BASE_S * settings.JOB_RETRY_FACTOR ** (job.attempts - 1)
+    with session_scope(settings.DATABASE_URL) as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(
+                status=JobStatus.queued,
+                error=f"attempt {job.attempts} failed: {message}; retrying in {delay:.1f}s",
+            )
+        )
+    log.info("job will retry", attempt=job.attempts, delay_s=delay, error=message)
+    queue.dispatch(settings, job.id, job.node, delay=delay)
+
+
+def _call_failure_hook(settings: Settings, kind: registry.JobKind, job: Job, message: str) -> None:
+    if kind.on_failure is None:
+        return
+    try:
+        kind.on_failure(settings, job.id, dict(job.params or {}), message)
+    except Exception:
+        log.exception("failure hook raised", job_id=job.id)
+
+
+queue.set_executor(run_job)
