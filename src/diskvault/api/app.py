@@ -15,12 +15,11 @@ from fastapi.middleware.gzip import GZipMiddleware
 
 from diskvault import __version__
 from diskvault.api import middleware, problems, system
-from diskvault.auth import endpoints as auth_endpoints
 from diskvault.auth import service as auth_service
 from diskvault.config import Settings
 from diskvault.db import migrate
 from diskvault.db.engine import session_scope
-from diskvault.jobs import endpoints as job_endpoints
+from diskvault.domains import domain_modules
 from diskvault.jobs import queue as job_queue
 from diskvault.jobs.worker import WorkerHost
 
@@ -92,9 +91,14 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
 
     problems.install(app)
     app.include_router(system.router)
-    app.include_router(auth_endpoints.router)
-    app.include_router(job_endpoints.router)
-    app.include_router(job_endpoints.ws_router)
+    for module in domain_modules("endpoints"):
+        for name in ("router", "ws_router", "public_router"):
+            if hasattr(module, name):
+                app.include_router(getattr(module, name))
+        if hasattr(module, "startup"):
+            app.state.startup_hooks.append(module.startup)
+        if hasattr(module, "shutdown"):
+            app.state.shutdown_hooks.append(module.shutdown)
 
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     if settings.CORS_ORIGINS:

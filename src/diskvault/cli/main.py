@@ -7,9 +7,10 @@ import traceback
 
 import typer
 
-from diskvault.cli import jobs, serve, session, worker
+from diskvault.cli import serve, session, worker
 from diskvault.cli.client import ApiError
 from diskvault.cli.common import err_console
+from diskvault.domains import cli_modules
 from diskvault.errors import DiskvaultError
 
 app = typer.Typer(
@@ -37,7 +38,8 @@ app.command()(session.logout)
 app.command()(session.status)
 app.command()(session.version)
 app.command()(worker.worker)
-app.add_typer(jobs.app, name="jobs")
+for _name, _module in cli_modules():
+    app.add_typer(_module.app, name=getattr(_module, "NAME", _name))
 
 
 def main() -> None:

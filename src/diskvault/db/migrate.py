@@ -19,5 +19,6 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
+    # Each domain's migrations branch from the foundation's; "heads" applies all.
     command.upgrade(alembic_config(url), revision)

@@ -1,7 +1,8 @@
-"""Imports every package's models so Alembic and ``create_all`` see all tables."""
+"""Imports every domain's models so Alembic and the app see all tables."""
 
-from diskvault.auth import models as auth_models
 from diskvault.db.base import Base
-from diskvault.jobs import models as job_models
+from diskvault.domains import domain_modules
 
-__all__ = ["Base", "auth_models", "job_models"]
+MODELS = domain_modules("models")
+
+__all__ = ["MODELS", "Base"]

@@ -1,0 +1,1 @@
+"""Organizer: scan a share, categorize, find duplicates, apply and roll back."""

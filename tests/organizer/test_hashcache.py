@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from diskvault.organizer.duplicates import DuplicateReport, find_duplicates
+from diskvault.organizer.hashcache import HashCache, Hashes
+from diskvault.organizer.walk import FileEntry
+
+if TYPE_CHECKING:
+    from conftest import SampleTree
+
+
+def group_sets(report: DuplicateReport) -> set[frozenset[Path]]:
+    return {frozenset(g.files) for g in report.groups}
+
+
+def test_warm_rescan_reads_nothing(sample_tree: SampleTree, cache: HashCache) -> None:
+    cold = find_duplicates(sample_tree.root, cache=cache)
+    warm = find_duplicates(sample_tree.root, cache=cache)
+
+    assert cold.stats.bytes_read > 0
+    assert cold.stats.cache_hits == 0
+    assert warm.stats.bytes_read == 0
+    assert warm.stats.reads == 0
+    assert warm.stats.cache_hits == cold.stats.reads
+    assert group_sets(warm) == group_sets(cold) == sample_tree.groups
+    assert [g.hash for g in warm.groups] == [g.hash for g in cold.groups]
+
+
+def test_cache_survives_reopen(sample_tree: SampleTree, tmp_path: Path) -> None:
+    path = tmp_path / "hashes.sqlite"
+    with HashCache(path) as cache:
+        find_duplicates(sample_tree.root, cache=cache)
+    with HashCache(path) as cache:
+        warm = find_duplicates(sample_tree.root, cache=cache)
+
+    assert warm.stats.bytes_read == 0
+    assert group_sets(warm) == sample_tree.groups
+
+
+def test_content_change_with_new_mtime_is_rehashed(
+    fresh_tree: SampleTree, cache: HashCache
+) -> None:
+    find_duplicates(fresh_tree.root, cache=cache)
+    copy = fresh_tree.root / "b" / "one-copy.txt"
+    data = bytearray(copy.read_bytes())
+    data[0] ^= 0xFF  # same size, different content
+    copy.write_bytes(bytes(data))
+    st = copy.stat()
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+    report = find_duplicates(fresh_tree.root, cache=cache)
+
+    assert report.stats.reads == 1
+    assert report.stats.bytes_read == len(data)
+    assert copy not in {p for g in report.groups for p in g.files}
+
+
+def test_size_change_is_rehashed(fresh_tree: SampleTree, cache: HashCache) -> None:
+    find_duplicates(fresh_tree.root, cache=cache)
+    big2 = fresh_tree.root / "sub" / "big2.bin"
+    with big2.open("ab") as f:
+        f.write(b"x")
+    # Give big1 a same-size sibling again, so both sizes are compared.
+    (fresh_tree.root / "big3.bin").write_bytes(big2.read_bytes())
+
+    report = find_duplicates(fresh_tree.root, cache=cache)
+
+    grown = frozenset({big2, fresh_tree.root / "big3.bin"})
+    assert grown in group_sets(report)
+    assert frozenset({fresh_tree.root / "big1.bin", big2}) not in group_sets(report)
+    assert report.stats.bytes_read >= 2 * (fresh_tree.large_size + 1)
+
+
+def test_head_only_hashes_are_reused(tmp_path: Path, cache: HashCache) -> None:
+    # Two large files of one size that differ in their first block: only
+    # their heads are ever read, and the cache must keep those too.
+    for name, byte in (("x.bin", b"x"), ("y.bin", b"y")):
+        (tmp_path / name).write_bytes(byte * (512 * 1024))
+
+    cold = find_duplicates(tmp_path, cache=cache)
+    warm = find_duplicates(tmp_path, cache=cache)
+
+    assert cold.stats.reads == 2
+    assert warm.stats.reads == 0
+    assert warm.stats.cache_hits == 2
+    assert cold.groups == warm.groups == []
+
+
+def test_store_and_lookup_full_64_bit_keys(cache: HashCache) -> None:
+    entry = FileEntry("/x", 10, 1_700_000_000_123_456_789, 2**64 - 5, 2**63 + 7, 1)
+    other = entry._replace(ino=2**63 + 8)
+    cache.store([(entry, Hashes(b"h", None, b"f"))])
+
+    assert cache.lookup([entry, other]) == {(entry.dev, entry.ino): Hashes(b"h", None, b"f")}
+    assert cache.lookup([entry._replace(mtime_ns=entry.mtime_ns + 1)]) == {}
+    assert cache.lookup([entry._replace(size=11)]) == {}
+    assert len(cache) == 1
+
+
+def test_algorithms_do_not_share_rows(tmp_path: Path) -> None:
+    path = tmp_path / "hashes.sqlite"
+    entry = FileEntry("/x", 10, 1, 1, 1, 1)
+    with HashCache(path, algorithm="blake2b") as blake:
+        blake.store([(entry, Hashes(None, None, b"f"))])
+    with HashCache(path, algorithm="sha256") as sha:
+        assert sha.lookup([entry]) == {}
+        assert len(sha) == 0
+
+
+def test_corrupt_cache_file_is_recreated(tmp_path: Path, sample_tree: SampleTree) -> None:
+    path = tmp_path / "hashes.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+
+    with HashCache(path) as cache:
+        report = find_duplicates(sample_tree.root, cache=cache)
+        assert len(cache) > 0
+
+    assert group_sets(report) == sample_tree.groups
