@@ -12,7 +12,7 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from diskvault.errors import ConfigError
@@ -59,6 +59,39 @@ class Settings(BaseSettings):
     JOB_CANCEL_GRACE_S: float = Field(default=3.0, gt=0)
     ENABLE_TEST_JOBS: bool = False
 
+    # -- images --
+    IMAGE_STORE_URL: str = ""  # empty: IMAGE_STORAGE_PATH; or s3://bucket/prefix?endpoint_url=...
+    S3_ACCESS_KEY_ID: str | None = None
+    S3_SECRET_ACCESS_KEY: SecretStr | None = None
+    DEFAULT_TARGET_FORMAT: str = Field(default="raw", pattern=r"^(raw|qcow2)$")
+    MAX_VIRTUAL_SIZE: int = Field(default=4 * 1024**4, gt=0)  # 4 TiB
+    IMPORT_URL_ALLOWED_HOSTS: list[str] = Field(default_factory=list)  # empty: any host
+    IMPORT_URL_ALLOWED_PORTS: list[int] = Field(default_factory=lambda: [80, 443])
+
+    # -- organizer --
+    ORGANIZER_ROOTS: list[str] = Field(default_factory=list)  # file:// paths or s3:// URLs
+
+    # -- targets --
+    TARGET_BACKEND: str = Field(default="tgt", pattern=r"^(tgt|lio)$")
+    TGT_MANAGE: bool = False  # start tgtd ourselves when it is not running
+    TGT_CONTROL_PORT: int = Field(default=0, ge=0)
+    ISCSI_PORTAL: str = "0.0.0.0:3260"
+    IQN_DOMAIN: str = "io.diskvault"  # already reversed: iqn.<IQN_DATE>.io.diskvault:<name>
+    IQN_DATE: str = Field(default="2026-01", pattern=r"^\d{4}-\d{2}$")
+
+    # -- boot --
+    BOOT_ADVERTISE_ADDRESS: str | None = None
+    BOOT_RATE_LIMIT_PER_MIN: int = Field(default=120, ge=1)
+    BOOT_UNKNOWN_RETRY_S: int = Field(default=30, ge=1)
+    WRITEBACK_PATH: Path | None = None  # default DATA_DIR/writebacks
+
+    # -- backups --
+    BACKUP_MAX_CHAIN_LENGTH: int = Field(default=30, ge=1)
+
+    # -- restore --
+    RESTORE_IDLE_TIMEOUT_S: int = Field(default=3600, ge=10)
+    RESTORE_MOUNT_ROOT: Path | None = None  # default DATA_DIR/mounts
+
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: str = "auto"  # auto | json | console
 
@@ -71,6 +104,10 @@ class Settings(BaseSettings):
             self.TEMP_STORAGE_PATH = data / "tmp"
         if self.BACKUP_REPOSITORY_PATH is None:
             self.BACKUP_REPOSITORY_PATH = data / "backups"
+        if self.WRITEBACK_PATH is None:
+            self.WRITEBACK_PATH = data / "writebacks"
+        if self.RESTORE_MOUNT_ROOT is None:
+            self.RESTORE_MOUNT_ROOT = data / "mounts"
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{(data / 'diskvault.db').absolute()}"
         return self
@@ -90,12 +127,24 @@ class Settings(BaseSettings):
         assert self.BACKUP_REPOSITORY_PATH is not None
         return self.BACKUP_REPOSITORY_PATH
 
+    @property
+    def writeback_dir(self) -> Path:
+        assert self.WRITEBACK_PATH is not None
+        return self.WRITEBACK_PATH
+
+    @property
+    def mount_root(self) -> Path:
+        assert self.RESTORE_MOUNT_ROOT is not None
+        return self.RESTORE_MOUNT_ROOT
+
     def storage_paths(self) -> dict[str, Path]:
         return {
             "DATA_DIR": self.DATA_DIR,
             "IMAGE_STORAGE_PATH": self.image_dir,
             "TEMP_STORAGE_PATH": self.temp_dir,
             "BACKUP_REPOSITORY_PATH": self.backup_dir,
+            "WRITEBACK_PATH": self.writeback_dir,
+            "RESTORE_MOUNT_ROOT": self.mount_root,
         }
 
     def prepare(self) -> None:
