@@ -1,0 +1,1 @@
+"""iSCSI targets: name rules (:mod:`.iqn`), errors, and the tgt/LIO backends."""
