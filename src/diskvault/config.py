@@ -67,17 +67,22 @@ class Settings(BaseSettings):
     MAX_VIRTUAL_SIZE: int = Field(default=4 * 1024**4, gt=0)  # 4 TiB
     IMPORT_URL_ALLOWED_HOSTS: list[str] = Field(default_factory=list)  # empty: any host
     IMPORT_URL_ALLOWED_PORTS: list[int] = Field(default_factory=lambda: [80, 443])
+    IMPORT_URL_TIMEOUT_S: float = Field(default=60.0, gt=0)  # connect/read stall, not total
+    IMAGE_CONVERT_RATE_LIMIT: int = Field(default=0, ge=0)  # bytes/s per conversion; 0: unlimited
 
     # -- organizer --
     ORGANIZER_ROOTS: list[str] = Field(default_factory=list)  # file:// paths or s3:// URLs
+    ORGANIZER_APPLY_DELAY_S: float = Field(default=0.0, ge=0)  # tests: pause between actions
 
     # -- targets --
     TARGET_BACKEND: str = Field(default="tgt", pattern=r"^(tgt|lio)$")
     TGT_MANAGE: bool = False  # start tgtd ourselves when it is not running
-    TGT_CONTROL_PORT: int = Field(default=0, ge=0)
+    TGT_CONTROL_PORT: int = Field(default=0, ge=0, le=32767)  # tgtadm -C limit
     ISCSI_PORTAL: str = "0.0.0.0:3260"
     IQN_DOMAIN: str = "io.diskvault"  # already reversed: iqn.<IQN_DATE>.io.diskvault:<name>
     IQN_DATE: str = Field(default="2026-01", pattern=r"^\d{4}-\d{2}$")
+    TARGET_RECONCILE_INTERVAL_S: float = Field(default=30.0, gt=0)
+    TARGET_BACKEND_TIMEOUT_S: float = Field(default=10.0, gt=0)
 
     # -- boot --
     BOOT_ADVERTISE_ADDRESS: str | None = None
@@ -87,6 +92,9 @@ class Settings(BaseSettings):
 
     # -- backups --
     BACKUP_MAX_CHAIN_LENGTH: int = Field(default=30, ge=1)
+    BACKUP_LOCK_WAIT_S: float = Field(default=6 * 3600.0, gt=0)  # a run waits this long per disk
+    BACKUP_POLICY_INTERVAL_S: float = Field(default=30.0, gt=0)  # how often schedules are checked
+    BACKUP_RESTORE_ROOTS: list[Path] = Field(default_factory=list)  # empty: any absolute path
 
     # -- restore --
     RESTORE_IDLE_TIMEOUT_S: int = Field(default=3600, ge=10)
