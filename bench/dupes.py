@@ -6,7 +6,10 @@ each cold run (``echo 3 > /proc/sys/vm/drop_caches``, so run as root) so that
 every tool, its binary and interpreter included, starts from the disk:
 
 - diskvault cold: hash cache deleted, caches dropped
-- diskvault warm: hash cache present, page cache warm (the re-scan case)
+- diskvault warm: hash cache present, page cache warm (the re-scan case); the
+  tree is unchanged, so the whole result comes from the cache after one walk
+- diskvault warm, 1 file touched: as warm, but one file's mtime changed, so
+  the result is recomputed from the per-file hash cache (reads nothing)
 - diskvault cache+cold: hash cache present, caches dropped (after a reboot)
 - jdupes cold / warm: ``jdupes -r -q`` (ignores empty files and symlinks,
   one path per hard-linked inode, like diskvault)
@@ -14,7 +17,8 @@ every tool, its binary and interpreter included, starts from the disk:
   files only, hard links are one file, symlinks ignored, hidden files
   included; its default ``--size 1`` skips empty files)
 
-Then checks that the three tools found the same groups, compared as sets of
+Warm runs are repeated (``--repeat``, interleaved across tools) and the median
+is kept. Then checks that the three tools found the same groups, compared as sets of
 inodes, since each tool names an arbitrary path of a hard-linked inode.
 
 Goals: cold >= 1.0x jdupes, warm >= 5x jdupes (jdupes time / diskvault time).
@@ -31,6 +35,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -147,32 +152,32 @@ def parse_rmlint(path: Path) -> list[list[str]]:
     return list(groups.values())
 
 
-def scan_child(root: str, cache_path: str, out: str) -> None:
-    """The diskvault side, run as its own process like the other tools."""
-    from diskvault.organizer.duplicates import find_duplicates
-    from diskvault.organizer.hashcache import HashCache
-
-    with timer() as t, HashCache(cache_path) as cache:
-        report = find_duplicates(root, cache=cache)
-    result = {
-        "seconds": t.seconds,
-        "groups": [g.paths for g in report.groups],
-        "wasted": report.wasted_bytes,
-        "stats": vars(report.stats),
-        "errors": report.errors[:20],
-    }
-    Path(out).write_text(json.dumps(result))
+# The diskvault side runs as its own process like the other tools, importing
+# only what a caller of the library would (not this script's tree builder).
+SCAN_CHILD = """
+import json, sys, time
+start = time.perf_counter()
+from diskvault.organizer.duplicates import find_duplicates
+from diskvault.organizer.hashcache import HashCache
+root, cache_path, out = sys.argv[1:4]
+with HashCache(cache_path) as cache:
+    report = find_duplicates(root, cache=cache)
+seconds = time.perf_counter() - start
+with open(out, "w") as fh:
+    json.dump({"seconds": seconds, "groups": [g.paths for g in report.groups],
+               "wasted": report.wasted_bytes, "stats": vars(report.stats),
+               "errors": report.errors[:20]}, fh)
+"""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/diskvault-bench/dupes"))
     parser.add_argument("--files", type=int, default=50_000)
-    parser.add_argument("--scan", nargs=3, metavar=("ROOT", "CACHE", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="warm runs: interleaved repeats, median kept"
+    )
     args = parser.parse_args()
-    if args.scan:
-        scan_child(*args.scan)
-        return 0
     if os.geteuid() != 0:
         parser.error("run as root: cold runs drop the page cache via /proc/sys/vm/drop_caches")
 
@@ -182,8 +187,8 @@ def main() -> int:
     print(f"tree ready in {t.seconds:.1f}s: {tree}", file=sys.stderr)
     cache = args.dir / "hashcache.sqlite"
     work = Path(tempfile.mkdtemp(prefix="dupes-", dir=args.dir))
-    py = [sys.executable, os.path.abspath(__file__), "--scan", str(tree), str(cache)]
-    times: dict[str, float] = {}
+    py = [sys.executable, "-c", SCAN_CHILD, str(tree), str(cache)]
+    runs: dict[str, list[float]] = {}
     found: dict[str, Groups] = {}
     detail: dict[str, str] = {}
 
@@ -196,13 +201,14 @@ def main() -> int:
         out = work / f"{label}.json"
         with timer() as t:
             run([*py, str(out)])
-        times[label] = t.seconds
+        runs.setdefault(label, []).append(t.seconds)
         result = json.loads(out.read_text())
         found[label] = inode_groups(result["groups"])
         s = result["stats"]
         detail[label] = (
-            f"scan {result['seconds']:.2f}s in-process, read {fmt_bytes(s['bytes_read'])}"
+            f"{result['seconds']:.2f}s after interpreter start, read {fmt_bytes(s['bytes_read'])}"
             f" in {s['reads']} reads, {s['cache_hits']} cache hits"
+            + (", whole result from cache (tree unchanged)" if s.get("result_cached") else "")
         )
 
     def jdupes(label: str, *, cold: bool) -> None:
@@ -210,7 +216,7 @@ def main() -> int:
             drop_caches()
         with timer() as t:
             proc = run(["jdupes", "-r", "-q", str(tree)])
-        times[label] = t.seconds
+        runs.setdefault(label, []).append(t.seconds)
         found[label] = inode_groups(parse_jdupes(proc.stdout))
 
     def rmlint(label: str, *, cold: bool) -> None:
@@ -220,30 +226,39 @@ def main() -> int:
         cmd = ["rmlint", "-T", "df", "-L", "-F", "--hidden", "-o", f"json:{out}", str(tree)]
         with timer() as t:
             run(cmd)
-        times[label] = t.seconds
+        runs.setdefault(label, []).append(t.seconds)
         found[label] = inode_groups(parse_rmlint(out))
 
     try:
         diskvault("diskvault cold", cold=True, keep_cache=False)
-        diskvault("diskvault warm", cold=False, keep_cache=True)
         diskvault("diskvault cache+cold", cold=True, keep_cache=True)
         jdupes("jdupes cold", cold=True)
-        jdupes("jdupes warm", cold=False)
         rmlint("rmlint cold", cold=True)
-        rmlint("rmlint warm", cold=False)
+        touched = next(p for p in sorted(tree.glob("d000/s0/*")) if p.is_file())
+        # Warm runs interleaved, so that load from other processes hits all tools alike.
+        for _ in range(args.repeat):
+            diskvault("diskvault warm", cold=False, keep_cache=True)
+            jdupes("jdupes warm", cold=False)
+            os.utime(touched)  # one changed file: no whole-result hit, per-file cache only
+            diskvault("diskvault warm, 1 file touched", cold=False, keep_cache=True)
+            rmlint("rmlint warm", cold=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    times = {label: statistics.median(seconds) for label, seconds in runs.items()}
     files = sum(1 for _ in tree.rglob("*"))
     size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
     title = (
         f"duplicates: {args.files} files ({files} entries incl. dirs), {fmt_bytes(size)},"
         f" {time.strftime('%Y-%m-%d %H:%M')}"
     )
-    table = Table(["run", "seconds", "jdupes / this", "notes"], title=title)
+    table = Table(["run", "seconds", "jdupes / this", "runs", "notes"], title=title)
     for label, seconds in times.items():
         page = "cold" if "cold" in label else "warm"
-        table.add(label, seconds, ratio(times[f"jdupes {page}"], seconds), detail.get(label, ""))
+        spread = ", ".join(f"{x:.2f}" for x in runs[label])
+        table.add(
+            label, seconds, ratio(times[f"jdupes {page}"], seconds), spread, detail.get(label, "")
+        )
     table.print()
 
     reference = found["jdupes cold"]

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     BOOT_RATE_LIMIT_PER_MIN: int = Field(default=120, ge=1)
     BOOT_UNKNOWN_RETRY_S: int = Field(default=30, ge=1)
     WRITEBACK_PATH: Path | None = None  # default DATA_DIR/writebacks
+    BOOT_UNKNOWN_CHAIN_URL: str | None = None  # unknown MACs chain this menu instead of retrying
+    BOOT_TFTP_ROOT: str = "/srv/tftp"  # for the generated dnsmasq snippet
+    BOOT_SESSION_CHECK_INTERVAL_S: float = Field(default=10.0, gt=0)
+    BOOT_SESSION_CONNECT_TIMEOUT_S: float = Field(default=300.0, gt=0)  # booted, never logged in
+    BOOT_WRITEBACK_MIN_FREE_BYTES: int = Field(default=256 * 1024**2, ge=0)
+    BOOT_VERSIONS_KEEP: int = Field(default=5, ge=1)  # newest versions per image never expired
+    BOOT_VERSION_MIN_AGE_S: float = Field(default=7 * 86400.0, ge=0)
+    BOOT_VERSION_EXPIRY_INTERVAL_S: float = Field(default=3600.0, gt=0)
 
     # -- backups --
     BACKUP_MAX_CHAIN_LENGTH: int = Field(default=30, ge=1)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from diskvault.config import Settings
+from diskvault.db import migrate
 from diskvault.organizer.hashcache import HashCache
 
 LARGE = 300 * 1024  # above duplicates.SMALL_FILE, so head/tail/full stages apply
@@ -81,3 +83,10 @@ def fresh_tree(tmp_path: Path) -> SampleTree:
 def cache(tmp_path: Path) -> Iterator[HashCache]:
     with HashCache(tmp_path / "cache" / "hashes.sqlite") as c:
         yield c
+
+
+@pytest.fixture
+def migrated(settings: Settings) -> Settings:
+    """Settings on a migrated database (SQLite and PostgreSQL), for journal tests."""
+    migrate.upgrade(settings.DATABASE_URL)
+    return settings

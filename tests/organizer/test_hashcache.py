@@ -119,3 +119,41 @@ def test_corrupt_cache_file_is_recreated(tmp_path: Path, sample_tree: SampleTree
         assert len(cache) > 0
 
     assert group_sets(report) == sample_tree.groups
+
+
+def test_unchanged_tree_gets_the_whole_result_from_the_cache(
+    fresh_tree: SampleTree, cache: HashCache
+) -> None:
+    cold = find_duplicates(fresh_tree.root, cache=cache)
+    warm = find_duplicates(fresh_tree.root, cache=cache)
+
+    assert not cold.stats.result_cached and warm.stats.result_cached
+    assert [g.paths for g in warm.groups] == [g.paths for g in cold.groups]
+    assert [g.hash for g in warm.groups] == [g.hash for g in cold.groups]
+    assert warm.empty_files == cold.empty_files
+    assert warm.stats.files_scanned == cold.stats.files_scanned
+
+
+def test_an_edit_with_its_mtime_put_back_is_still_noticed(
+    fresh_tree: SampleTree, cache: HashCache
+) -> None:
+    find_duplicates(fresh_tree.root, cache=cache)
+    copy = fresh_tree.root / "b" / "one-copy.txt"
+    st = copy.stat()
+    copy.write_bytes(b"HELLO WORLD\n" * 10)  # same size, now equal to a/other.txt
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored; ctime cannot be
+
+    again = find_duplicates(fresh_tree.root, cache=cache)
+
+    # Recomputed; the per-file cache is keyed by mtime (as specified), so only
+    # the whole-result cache, which also fingerprints ctime, notices this edit.
+    assert not again.stats.result_cached
+
+
+def test_new_file_invalidates_the_stored_result(fresh_tree: SampleTree, cache: HashCache) -> None:
+    find_duplicates(fresh_tree.root, cache=cache)
+    (fresh_tree.root / "a" / "one-more.txt").write_bytes(b"hello world\n" * 10)
+    again = find_duplicates(fresh_tree.root, cache=cache)
+    assert not again.stats.result_cached
+    small = max(again.groups, key=lambda g: len(g.paths))
+    assert len(small.paths) == 4

@@ -15,16 +15,11 @@ The algorithm is part of the key, so rows of different algorithms never mix.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple, Protocol
-
-# stdlib logging, not structlog: its import (rich, asyncio) would double the
-# start-up time of a short CLI scan, and its stdlib bridge formats these lines.
-log = logging.getLogger(__name__)
 
 try:
     import xxhash
@@ -99,7 +94,13 @@ class HashCache:
             self._db = self._open()
         except sqlite3.DatabaseError as exc:
             # It is only a cache: a corrupt or foreign file costs one cold scan.
-            log.warning("hash cache %s unreadable (%s), recreating it", self.path, exc)
+            # stdlib logging (imported only here), not structlog: importing that
+            # would double a short CLI scan's start-up; its stdlib bridge formats this.
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "hash cache %s unreadable (%s), recreating it", self.path, exc
+            )
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             self._db = self._open()
@@ -116,6 +117,10 @@ class HashCache:
                 " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
                 " head BLOB, tail BLOB, full BLOB,"
                 " PRIMARY KEY (algorithm, dev, ino)) WITHOUT ROWID"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS results ("
+                " scope TEXT PRIMARY KEY, fingerprint BLOB NOT NULL, payload TEXT NOT NULL)"
             )
         except sqlite3.DatabaseError:
             db.close()
@@ -165,6 +170,21 @@ class HashCache:
                 )
         return len(params)
 
+    def load_result(self, scope: str, fingerprint: bytes) -> str | None:
+        """The whole-scan result stored for ``scope``, if taken from the same tree state."""
+        row = self._db.execute(
+            "SELECT fingerprint, payload FROM results WHERE scope = ?", (scope,)
+        ).fetchone()
+        return str(row[1]) if row is not None and row[0] == fingerprint else None
+
+    def store_result(self, scope: str, fingerprint: bytes, payload: str) -> None:
+        """Keep one result per scope (roots, algorithm, options): the latest."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?)", (scope, fingerprint, payload)
+            )
+
     def __len__(self) -> int:
         (count,) = self._db.execute(
             "SELECT count(*) FROM hashes WHERE algorithm = ?", (self.algorithm,)
@@ -175,6 +195,7 @@ class HashCache:
         with self._db:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM hashes WHERE algorithm = ?", (self.algorithm,))
+            self._db.execute("DELETE FROM results")
 
     def close(self) -> None:
         self._db.close()

@@ -165,8 +165,15 @@ class Process:
         """Yield stdout split on ``sep`` (qemu-img -p uses ``\\r``)."""
         assert self.proc is not None and self.proc.stdout is not None
         buf = ""
+        fd = self.proc.stdout.fileno()
         while True:
-            chunk = self.proc.stdout.read(256) if sep != "\n" else self.proc.stdout.readline()
+            # os.read returns what is there; TextIOWrapper.read(n) would wait for n characters
+            # and deliver qemu-img's short progress lines only in bulk.
+            chunk = (
+                os.read(fd, 4096).decode(errors="replace")
+                if sep != "\n"
+                else self.proc.stdout.readline()
+            )
             if not chunk:
                 break
             buf += chunk
