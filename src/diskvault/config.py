@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     # -- restore --
     RESTORE_IDLE_TIMEOUT_S: int = Field(default=3600, ge=10)
     RESTORE_MOUNT_ROOT: Path | None = None  # default DATA_DIR/mounts
+    RESTORE_SWEEP_INTERVAL_S: float = Field(default=30.0, gt=0)  # idle-expiry check period
+    RESTORE_MAX_MOUNTS: int = Field(default=32, ge=1)  # active mounts per node
 
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: str = "auto"  # auto | json | console

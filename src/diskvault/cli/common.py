@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -17,7 +18,8 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        # Text cells: values such as MACs ("52:54:00:ab:...") must not turn into emoji or markup.
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     console.print(table)
 
 

@@ -1,0 +1,1 @@
+"""Diskless boot: machines, per-machine writeback layers, image versions, iPXE scripts."""

@@ -1,0 +1,33 @@
+"""Job kinds and periodic work of diskless boot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diskvault.boot import service, sessions, versions
+from diskvault.config import Settings
+from diskvault.jobs.context import JobContext
+from diskvault.jobs.registry import job_kind
+from diskvault.jobs.scheduler import periodic
+from diskvault.tools.process import Cancelled
+
+
+@job_kind(service.APPLY_JOB, max_attempts=1, on_failure=versions.apply_failed)
+def apply_writeback(ctx: JobContext) -> dict[str, Any]:
+    """Merge a machine's writeback layer into a new current version of its image."""
+    try:
+        return versions.apply_writeback(ctx)
+    except Cancelled:  # cancelled jobs skip the failure hook
+        versions.apply_failed(ctx.settings, ctx.job_id, ctx.params, "cancelled by request")
+        raise
+
+
+@periodic("boot-sessions", lambda s: s.BOOT_SESSION_CHECK_INTERVAL_S, per_node=True)
+def watch_sessions(settings: Settings) -> None:
+    sessions.check_sessions(settings)
+    sessions.check_storage(settings)
+
+
+@periodic("boot-version-expiry", lambda s: s.BOOT_VERSION_EXPIRY_INTERVAL_S)
+def expire_versions(settings: Settings) -> None:
+    versions.expire(settings)

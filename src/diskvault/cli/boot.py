@@ -1,0 +1,164 @@
+"""``diskvault machine``: diskless machines and their writeback layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from diskvault.cli.client import Client
+from diskvault.cli.common import console, print_table
+from diskvault.cli.progress import watch
+from diskvault.errors import NotFound
+
+NAME = "machine"
+app = typer.Typer(
+    help="Diskless machines. Example: diskvault machine add pc-01 --mac 52:54:00:12:34:56 "
+    "--image win11"
+)
+writeback_app = typer.Typer(
+    help="A machine's writeback layer. Example: diskvault machine writeback apply pc-01 --wait"
+)
+app.add_typer(writeback_app, name="writeback")
+
+
+def _pick(items: list[dict[str, Any]], ref: str, keys: tuple[str, ...], kind: str) -> str:
+    """The id of the one item whose id, id prefix or one of ``keys`` matches ``ref``."""
+    for key in ("id", *keys):
+        exact = [i for i in items if str(i.get(key, "")).lower() == ref.lower()]
+        if len(exact) == 1:
+            return str(exact[0]["id"])
+    prefixed = [i for i in items if i["id"].startswith(ref)]
+    if len(prefixed) == 1:
+        return str(prefixed[0]["id"])
+    raise NotFound(kind=kind, id=ref)
+
+
+def resolve_image(client: Client, ref: str) -> str:
+    """An image id from an id, a unique id prefix or an image name."""
+    items = client.get("/api/v1/images", params={"limit": 1000})["items"]
+    return _pick(items, ref, ("name",), "image")
+
+
+def resolve_machine(client: Client, ref: str) -> str:
+    items = client.get("/api/v1/machines", params={"limit": 1000})["items"]
+    return _pick(items, ref, ("name", "mac"), "machine")
+
+
+def _show(m: dict[str, Any]) -> None:
+    rows = [
+        ("id", m["id"]),
+        ("name", m["name"]),
+        ("mac", m["mac"]),
+        ("image", m["image_id"]),
+        ("mode", m["mode"]),
+        ("status", m["status"]),
+        ("image version", m["layer_version"] or "-"),
+        ("initiator", m["initiator_iqn"]),
+        ("target", m.get("target_iqn") or m["target_id"] or "-"),
+        ("booted", "yes" if m.get("connected") else "no"),
+        ("error", m["error"] or ""),
+    ]
+    print_table(f"machine {m['name']}", ["field", "value"], rows)
+
+
+@app.command()
+def add(
+    name: str = typer.Argument(..., help="machine name (letters, digits, . _ -)"),
+    mac: str = typer.Option(..., "--mac", help="MAC address of its network card"),
+    image: str = typer.Option(..., "--image", help="golden image: id, id prefix or name"),
+    mode: str = typer.Option(
+        "discard", "--mode", help="discard: fresh writeback at each boot; keep: it persists"
+    ),
+    initiator: str = typer.Option(None, "--initiator", help="its iSCSI initiator IQN"),
+) -> None:
+    """Register a diskless machine; its writeback layer and iSCSI target are made now.
+
+    Example: diskvault machine add pc-01 --mac 52:54:00:12:34:56 --image win11 --mode discard
+    """
+    client = Client()
+    body = {
+        "name": name,
+        "mac": mac,
+        "image_id": resolve_image(client, image),
+        "mode": mode,
+        "initiator_iqn": initiator,
+    }
+    _show(client.post("/api/v1/machines", json=body))
+
+
+@app.command("list")
+def list_(limit: int = typer.Option(200, "--limit")) -> None:
+    """List machines.
+
+    Example: diskvault machine list
+    """
+    page = Client().get("/api/v1/machines", params={"limit": limit})
+    rows = [
+        (m["name"], m["mac"], m["image_id"][:12], m["mode"], m["status"], m["layer_version"])
+        for m in page["items"]
+    ]
+    print_table(
+        f"machines ({page['total']} total)",
+        ["name", "mac", "image", "mode", "status", "version"],
+        rows,
+    )
+
+
+@app.command()
+def show(machine: str = typer.Argument(..., help="name, MAC or id")) -> None:
+    """Show a machine, including whether it is booted right now.
+
+    Example: diskvault machine show pc-01
+    """
+    client = Client()
+    _show(client.get(f"/api/v1/machines/{resolve_machine(client, machine)}"))
+
+
+@app.command("rm")
+def remove(
+    machine: str = typer.Argument(..., help="name, MAC or id"),
+    force: bool = typer.Option(False, "--force", help="even while it is booted"),
+) -> None:
+    """Delete a machine with its target and writeback layer.
+
+    Example: diskvault machine rm pc-01
+    """
+    client = Client()
+    machine_id = resolve_machine(client, machine)
+    client.delete(f"/api/v1/machines/{machine_id}", params={"force": force})
+    console.print(f"machine {machine} deleted")
+
+
+@writeback_app.command()
+def apply(
+    machine: str = typer.Argument(..., help="name, MAC or id"),
+    comment: str = typer.Option(None, "--comment", help="what changed, kept with the version"),
+    wait: bool = typer.Option(False, "--wait", help="show progress until the version is made"),
+) -> None:
+    """Merge the machine's writes into a new version of its image (it must be shut down).
+
+    Example: diskvault machine writeback apply pc-01 --comment "GPU driver 551.23" --wait
+    """
+    client = Client()
+    machine_id = resolve_machine(client, machine)
+    accepted = client.post(
+        f"/api/v1/machines/{machine_id}/writeback/apply", json={"comment": comment}
+    )
+    console.print(f"apply job {accepted['job_id']} queued")
+    if wait:
+        watch(client, accepted["job_id"])
+        result = client.get(f"/api/v1/jobs/{accepted['job_id']}")["result"] or {}
+        console.print(f"image {result.get('image_id')} is now at version {result.get('version')}")
+
+
+@writeback_app.command()
+def discard(machine: str = typer.Argument(..., help="name, MAC or id")) -> None:
+    """Throw the machine's writes away (it must be shut down).
+
+    Example: diskvault machine writeback discard pc-01
+    """
+    client = Client()
+    machine_id = resolve_machine(client, machine)
+    m = client.post(f"/api/v1/machines/{machine_id}/writeback/discard")
+    console.print(f"writeback of {m['name']} discarded; it boots version {m['layer_version']}")
