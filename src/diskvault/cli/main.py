@@ -40,6 +40,8 @@ app.command()(session.version)
 app.command()(worker.worker)
 for _name, _module in cli_modules():
     app.add_typer(_module.app, name=getattr(_module, "NAME", _name))
+    for _extra_name, _extra in getattr(_module, "EXTRA_GROUPS", {}).items():
+        app.add_typer(_extra, name=_extra_name)
 
 
 def main() -> None:

@@ -1,0 +1,261 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, status
+from fastapi.responses import JSONResponse
+
+from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
+from diskvault.api.pagination import Page, PageParams, page_params
+from diskvault.backups import policies, retention, service
+from diskvault.backups.errors import InvalidRestoreTarget, NotSupportedHere
+from diskvault.backups.models import BackupStatus
+from diskvault.backups.restore import check_destination
+from diskvault.backups.schemas import (
+    BackupOut,
+    BackupStart,
+    ChainsOut,
+    CopyRequest,
+    PolicyCreate,
+    PolicyOut,
+    PruneRequest,
+    RepositoryCreate,
+    RepositoryOut,
+    RescanOut,
+    RestoreRequest,
+    SourceCreate,
+    SourceOut,
+)
+from diskvault.jobs.schemas import JobOut
+
+router = APIRouter(prefix="/api/v1", tags=["backups"])
+PageDep = Annotated[PageParams, Depends(page_params)]
+ACCEPTED = status.HTTP_202_ACCEPTED
+
+
+def _page(items: list[Any], total: int, page: PageParams) -> dict[str, Any]:
+    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+
+
+# -- sources ------------------------------------------------------------------
+
+
+@router.post("/sources", response_model=SourceOut, status_code=201, summary="Register a source")
+def create_source(body: SourceCreate, _: AdminDep, db: DbDep) -> Any:
+    extra = body.model_dump(exclude={"name", "kind"})
+    return service.create_source(db, body.name, body.kind, extra)
+
+
+@router.get("/sources", response_model=Page[SourceOut])
+def list_sources(_: PrincipalDep, db: DbDep, page: PageDep) -> Any:
+    return _page(*service.list_sources(db, page), page)
+
+
+@router.get("/sources/{name}", response_model=SourceOut)
+def get_source(name: str, _: PrincipalDep, db: DbDep) -> Any:
+    return service.get_source(db, name)
+
+
+@router.delete("/sources/{name}", response_model=SourceOut, summary="Forget a source")
+def delete_source(name: str, _: AdminDep, db: DbDep) -> Any:
+    return service.delete_source(db, name)
+
+
+# -- repositories ----------------------------------------------------------------
+
+
+@router.post("/repositories", response_model=RepositoryOut, status_code=201)
+def create_repository(body: RepositoryCreate, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
+    """Add a repository; ``attach: true`` also rebuilds chains from its sidecars."""
+    repo = service.create_repository(
+        settings,
+        db,
+        name=body.name,
+        kind=body.kind,
+        path=body.path,
+        url=body.url,
+        immutability_days=body.immutability_days,
+    )
+    if body.attach:
+        service.rescan(db, repo)
+    return repo
+
+
+@router.get("/repositories", response_model=Page[RepositoryOut])
+def list_repositories(_: PrincipalDep, db: DbDep, page: PageDep) -> Any:
+    return _page(*service.list_repositories(db, page), page)
+
+
+@router.get("/repositories/{ref}", response_model=RepositoryOut)
+def get_repository(ref: str, _: PrincipalDep, db: DbDep, settings: SettingsDep) -> Any:
+    return service.refresh_usage(db, service.get_repository(settings, db, ref))
+
+
+@router.post("/repositories/{ref}/rescan", response_model=RescanOut)
+def rescan(ref: str, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
+    """Rebuild restore points and chains from the sidecars on disk."""
+    return service.rescan(db, service.get_repository(settings, db, ref))
+
+
+# -- backups ------------------------------------------------------------------------
+
+
+@router.post("/backup/start", response_model=JobOut, status_code=ACCEPTED)
+def start(body: BackupStart, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
+    job = service.start(
+        settings,
+        db,
+        vm_name=body.vm_name,
+        backup_type=body.backup_type,
+        repository=body.repository,
+        owner=who.username,
+        speed=body.speed,
+    )
+    return job
+
+
+@router.get("/backup/list", response_model=Page[BackupOut])
+def list_backups(
+    _: PrincipalDep,
+    db: DbDep,
+    settings: SettingsDep,
+    page: PageDep,
+    vm_name: str | None = Query(None),
+    repository: str | None = Query(None, description="name or id"),
+    status_: BackupStatus | None = Query(None, alias="status"),
+) -> Any:
+    repo_id = service.get_repository(settings, db, repository).id if repository else None
+    items, total = service.list_backups(
+        db, page, vm_name=vm_name, repository_id=repo_id, status=status_
+    )
+    return _page(items, total, page)
+
+
+@router.get("/backup/chain", response_model=ChainsOut, summary="Restore points per chain")
+def chain(
+    _: PrincipalDep,
+    db: DbDep,
+    settings: SettingsDep,
+    vm_name: str = Query(...),
+    repository: str | None = Query(None),
+) -> Any:
+    repo_id = service.get_repository(settings, db, repository).id if repository else None
+    return service.chain_view(db, vm_name, repo_id)
+
+
+@router.post("/backup/prune", summary="Prune, or simulate with dry_run (the default)")
+def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
+    repo = service.local_repository(settings, db, body.repository)
+    rules = body.model_dump(include=set(retention.RULES))
+    max_length = body.max_chain_length
+    if body.policy:
+        policy = policies.get(db, body.policy)
+        rules, max_length = dict(policy.retention), max_length or policy.max_chain_length
+    if body.dry_run:
+        disks = sorted(
+            {
+                p.disk_index
+                for p in service.list_backups(
+                    db, PageParams(limit=100000), vm_name=body.vm_name, repository_id=repo.id
+                )[0]
+            }
+        )
+        return {
+            "dry_run": True,
+            "disks": [
+                retention.prune(
+                    settings,
+                    db,
+                    repository_id=repo.id,
+                    vm=body.vm_name,
+                    disk=d,
+                    rules=rules,
+                    dry_run=True,
+                )
+                for d in disks
+            ],
+        }
+    params = {
+        "vm_name": body.vm_name,
+        "repository_id": repo.id,
+        "rules": rules,
+        "max_chain_length": max_length,
+    }
+    job = service.submit(settings, "backup-prune", params, who.username)
+    return JSONResponse(JobOut.model_validate(job).model_dump(mode="json"), status_code=ACCEPTED)
+
+
+@router.post("/backup/copy", response_model=JobOut, status_code=ACCEPTED)
+def copy(body: CopyRequest, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
+    """Copy restore points to another repository (local or s3), skipping those there."""
+    source = service.local_repository(settings, db, body.repository)
+    target = service.get_repository(settings, db, body.target)
+    if target.id == source.id:
+        raise NotSupportedHere(f"repository {target.name} cannot be copied onto itself")
+    params = {
+        "repository_id": source.id,
+        "target_repository_id": target.id,
+        "vm_name": body.vm_name,
+    }
+    return service.submit(settings, "backup-copy", params, who.username)
+
+
+@router.get("/backup/{backup_id}", response_model=BackupOut)
+def get_backup(backup_id: str, _: PrincipalDep, db: DbDep) -> Any:
+    return service.get_backup(db, backup_id)
+
+
+@router.delete("/backup/{backup_id}", response_model=JobOut, status_code=ACCEPTED)
+def delete_backup(backup_id: str, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
+    """Delete a restore point; one in the middle is merged into its child first."""
+    return service.request_delete(settings, db, backup_id, who.username)
+
+
+@router.post("/backup/{backup_id}/verify", response_model=JobOut, status_code=ACCEPTED)
+def verify(backup_id: str, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
+    service.completed(db, backup_id, "verified")
+    return service.submit(settings, "backup-verify", {"backup_id": backup_id}, who.username)
+
+
+@router.post("/backup/{backup_id}/restore", response_model=JobOut, status_code=ACCEPTED)
+def restore(
+    backup_id: str, body: RestoreRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
+) -> Any:
+    """Restore the whole disk to a new file, an NBD export or the image library."""
+    service.completed(db, backup_id, "restored")
+    if body.target == "file":
+        check_destination(settings, body.path or "")
+    elif body.target == "nbd" and not body.url:
+        raise InvalidRestoreTarget(target="nbd", detail="give 'url'")
+    elif body.target == "image" and not body.image_name:
+        raise InvalidRestoreTarget(target="image", detail="give 'image_name'")
+    params = {"backup_id": backup_id, **body.model_dump()}
+    return service.submit(settings, "backup-restore", params, who.username)
+
+
+# -- policies ------------------------------------------------------------------------
+
+
+@router.post("/policies", response_model=PolicyOut, status_code=201)
+def create_policy(body: PolicyCreate, _: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
+    return policies.create(settings, db, body.model_dump())
+
+
+@router.get("/policies", response_model=Page[PolicyOut])
+def list_policies(_: PrincipalDep, db: DbDep, page: PageDep) -> Any:
+    return _page(*policies.list_policies(db, page), page)
+
+
+@router.get("/policies/{ref}", response_model=PolicyOut)
+def get_policy(ref: str, _: PrincipalDep, db: DbDep) -> Any:
+    return policies.get(db, ref)
+
+
+@router.delete("/policies/{ref}", response_model=PolicyOut)
+def delete_policy(ref: str, _: OperatorDep, db: DbDep) -> Any:
+    return policies.delete(db, ref)
+
+
+@router.post("/policies/{ref}/run", status_code=ACCEPTED, summary="Run a policy now")
+def run_policy(ref: str, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
+    return {"job_ids": policies.run_now(settings, db, policies.get(db, ref), who.username)}

@@ -1,0 +1,345 @@
+"""One backup run of a source: for each disk, under the disk's lock, plan a full
+or an incremental, copy into ``*.partial``, checksum, write the sidecar, rename,
+record, and only then advance the source's change tracking.
+
+A failure or cancel removes the partial files and leaves the change tracking as
+it was, so the next incremental covers every change since the last success.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from diskvault.backups import chain as chains
+from diskvault.backups import repository as repo_files
+from diskvault.backups.errors import RepositoryFull, SourceNotFound
+from diskvault.backups.locks import disk_lock, lock_key
+from diskvault.backups.models import (
+    Backup,
+    BackupChain,
+    BackupRepository,
+    BackupSource,
+    BackupStatus,
+    BackupType,
+)
+from diskvault.backups.sources import SOURCES
+from diskvault.backups.sources.base import DiskSession, Kind, Plan, Previous, RunOptions
+from diskvault.backups.sources.base import tracking_name as marker
+from diskvault.config import Settings
+from diskvault.db.engine import session_scope
+from diskvault.tools.process import Cancelled
+
+log = structlog.get_logger("diskvault.backups")
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    vm_name: str
+    repository_id: str
+    requested: str = "auto"  # full | incremental | auto
+    holder: str = ""
+    job_id: str | None = None
+    policy_id: str | None = None
+    speed: int | None = None
+    max_chain_length: int | None = None
+    immutability_days: float | None = None
+
+
+def run(
+    settings: Settings,
+    req: RunRequest,
+    *,
+    progress: Progress | None = None,
+    should_cancel: Callable[[], bool] = lambda: False,
+) -> list[str]:
+    """Back up every disk of ``req.vm_name``; returns the new restore point ids."""
+    with session_scope(settings.DATABASE_URL) as s:
+        row = s.scalar(select(BackupSource).where(BackupSource.name == req.vm_name))
+        if row is None:
+            raise SourceNotFound(id=req.vm_name)
+        source = SOURCES[row.kind.value](row.name, dict(row.config))
+    ids = []
+    count = source.disk_count()
+    for disk in range(count):
+        label = f"disk {disk + 1}/{count}"
+
+        def report(done: int, total: int, label: str = label) -> None:
+            if progress is not None:
+                progress(done, total, label)
+
+        ids.append(_run_disk(settings, req, source, disk, report, should_cancel))
+    return ids
+
+
+def _new_row(settings: Settings, req: RunRequest, disk: int) -> str:
+    with session_scope(settings.DATABASE_URL) as s:
+        point = Backup(
+            vm_name=req.vm_name,
+            disk_index=disk,
+            repository_id=req.repository_id,
+            requested_type=req.requested,
+            job_id=req.job_id,
+            policy_id=req.policy_id,
+        )
+        s.add(point)
+        s.flush()
+        return point.id
+
+
+def _previous(s: Session, root: Path, chain: BackupChain | None) -> Previous | None:
+    if chain is None or chain.broken_reason or chain.latest_backup_id is None:
+        return None
+    head = s.get(Backup, chain.latest_backup_id)
+    if head is None or head.path is None:
+        return None
+    image = root / head.path
+    try:
+        tracking = repo_files.read_sidecar(repo_files.sidecar_path(image)).get("tracking", {})
+    except (OSError, ValueError):
+        tracking = {}
+    return Previous(head.id, image, dict(tracking), head.total_bytes)
+
+
+def _want(
+    settings: Settings, s: Session, req: RunRequest, chain: BackupChain | None
+) -> tuple[Kind, str | None, bool]:
+    """What to ask the source for, a reason if that is a forced full, and whether
+    to consolidate after the run."""
+    if req.requested == "full":
+        return "full", None, False
+    if chain is not None and chain.broken_reason:
+        return "full", f"the chain is damaged ({chain.broken_reason})", False
+    if chain is None:
+        return "incremental", None, False
+    max_length = req.max_chain_length or settings.BACKUP_MAX_CHAIN_LENGTH
+    points = chains.ordered(s, chain.id)
+    if len(points) < max_length:
+        return "incremental", None, False
+    if max_length < 2:
+        return "full", f"the maximum chain length is {max_length}", False
+    why = chains.blocked(s, points[:3], points)
+    if why is None:
+        return "incremental", None, True
+    return (
+        "full",
+        f"the chain has {len(points)} points (maximum {max_length}) and merging is refused "
+        f"({why}): the chain is cut with a new full",
+        False,
+    )
+
+
+def _run_disk(
+    settings: Settings,
+    req: RunRequest,
+    source: Any,
+    disk: int,
+    progress: Callable[[int, int], None],
+    should_cancel: Callable[[], bool],
+) -> str:
+    backup_id = _new_row(settings, req, disk)
+    try:
+        with disk_lock(
+            settings, lock_key(req.vm_name, disk), req.holder, should_cancel=should_cancel
+        ):
+            _locked(settings, req, source, disk, backup_id, progress, should_cancel)
+    except BaseException as exc:
+        status = BackupStatus.cancelled if isinstance(exc, Cancelled) else BackupStatus.failed
+        mark_failed(settings, backup_id, status, str(exc) or type(exc).__name__)
+        raise
+    return backup_id
+
+
+def mark_failed(settings: Settings, backup_id: str, status: BackupStatus, error: str) -> None:
+    with session_scope(settings.DATABASE_URL) as s:
+        point = s.get(Backup, backup_id)
+        if point is not None and point.status in (BackupStatus.pending, BackupStatus.running):
+            point.status = status
+            point.error = error[:4000]
+            point.completed_at = chains.now()
+
+
+def _locked(
+    settings: Settings,
+    req: RunRequest,
+    source: Any,
+    disk: int,
+    backup_id: str,
+    progress: Callable[[int, int], None],
+    should_cancel: Callable[[], bool],
+) -> None:
+    with session_scope(settings.DATABASE_URL) as s:
+        repo = s.get(BackupRepository, req.repository_id)
+        assert repo is not None and repo.path is not None
+        root = Path(repo.path)
+        directory = repo_files.disk_dir(root, req.vm_name, disk)
+        directory.mkdir(parents=True, exist_ok=True)
+        repo_files.remove_partials(directory)
+        chain = chains.active_chain(s, repo.id, req.vm_name, disk)
+        want, forced, consolidate = _want(settings, s, req, chain)
+        previous = _previous(s, root, chain) if want == "incremental" else None
+        repo_name = repo.name
+        days = (
+            req.immutability_days if req.immutability_days is not None else repo.immutability_days
+        )
+        flag_ok = bool(repo.immutable_flag)
+        point = s.get(Backup, backup_id)
+        assert point is not None
+        point.status, point.started_at = BackupStatus.running, chains.now()
+    opts = RunOptions(
+        settings=settings,
+        workdir=settings.temp_dir / "backup-work" / f"{req.vm_name}-disk{disk}",
+        backup_id=backup_id,
+        progress=progress,
+        should_cancel=should_cancel,
+        speed=req.speed,
+    )
+    session: DiskSession = source.open_disk(disk, opts)
+    final: Path | None = None
+    extras: dict[str, Path] = {}
+    try:
+        plan = session.plan(want, previous)
+        final = directory / repo_files.new_point_name(directory, plan.backup_type, chains.now())
+        _start_row(
+            settings, backup_id, plan, forced or plan.reason, final.relative_to(root), previous
+        )
+        copied = session.copy(repo_files.partial(final), plan, previous)
+        extras = copied.extra
+        _publish(settings, backup_id, final, copied, previous, source, days, flag_ok)
+    except BaseException as exc:
+        session.close()
+        if final is not None:
+            leftovers = [
+                repo_files.partial(final),
+                *extras.values(),
+                *repo_files.point_files(final),
+            ]
+            for path in leftovers:
+                path.unlink(missing_ok=True)
+        if final is not None and isinstance(exc, Exception) and _no_space(exc):
+            raise RepositoryFull(repository=repo_name, path=str(final)) from exc
+        raise
+    # The point is recorded: what follows only tidies up, and may be retried next run.
+    try:
+        with session_scope(settings.DATABASE_URL) as s:
+            session.commit(_keep(s, req.vm_name, disk))
+    except Exception:
+        log.warning("could not advance change tracking", backup_id=backup_id, exc_info=True)
+    finally:
+        session.close()
+    if consolidate:
+        try:
+            _consolidate(settings, req, backup_id)
+        except Exception:
+            log.warning("consolidation failed", backup_id=backup_id, exc_info=True)
+
+
+def _no_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(exc) or "No space left" in getattr(exc, "stderr", "")
+
+
+def _start_row(
+    settings: Settings,
+    backup_id: str,
+    plan: Plan,
+    reason: str | None,
+    relative: Path,
+    previous: Previous | None,
+) -> None:
+    with session_scope(settings.DATABASE_URL) as s:
+        point = s.get(Backup, backup_id)
+        assert point is not None
+        point.backup_type = BackupType(plan.backup_type)
+        point.reason = reason
+        point.path = relative.as_posix()
+        point.total_bytes = plan.virtual_size
+        if plan.backup_type == "incremental":
+            assert previous is not None
+            head = s.get(Backup, previous.backup_id)
+            assert head is not None
+            point.parent_backup_id, point.chain_id = head.id, head.chain_id
+        else:
+            chain = BackupChain(
+                repository_id=point.repository_id,
+                vm_name=point.vm_name,
+                disk_index=point.disk_index,
+            )
+            s.add(chain)
+            s.flush()
+            point.chain_id = chain.id
+
+
+def _publish(
+    settings: Settings,
+    backup_id: str,
+    final: Path,
+    copied: Any,
+    previous: Previous | None,
+    source: Any,
+    days: float,
+    flag_ok: bool,
+) -> None:
+    """The image under its final name, then its sidecar, then the DB row (a crash in
+    between leaves files that the failure hook or the next run removes)."""
+    for suffix, path in copied.extra.items():
+        os.replace(path, final.with_suffix(suffix))
+    os.replace(repo_files.partial(final), final)
+    repo_files.fsync_dir(final.parent)
+    with session_scope(settings.DATABASE_URL) as s:
+        point = s.get(Backup, backup_id)
+        assert point is not None
+        point.bytes_transferred = copied.bytes_transferred
+        point.change_id = copied.change_id
+        point.bitmap = copied.bitmap
+        point.completed_at = chains.now()
+        if days > 0:
+            point.immutable_until = point.completed_at + timedelta(days=days)
+        base = {
+            "source_kind": source.kind,
+            "tracking": copied.tracking,
+            "parent": {"file": previous.image.name} if previous else None,
+        }
+        chains.rewrite_sidecar(point, final, **base)
+        point.status = BackupStatus.completed
+        s.flush()
+        chain = s.get(BackupChain, point.chain_id)
+        assert chain is not None
+        chains.refresh(s, chain)
+        if point.immutable_until is not None and flag_ok:
+            point.immutable_flag = repo_files.set_immutable(repo_files.point_files(final), on=True)
+    log.info("backup completed", backup_id=backup_id, file=str(final))
+
+
+def _keep(s: Session, vm: str, disk: int) -> list[str]:
+    """Change-tracking markers still needed: the head of each repository's active chain."""
+    latest: dict[str, str | None] = {}
+    for chain in s.scalars(
+        select(BackupChain)
+        .where(BackupChain.vm_name == vm, BackupChain.disk_index == disk)
+        .order_by(BackupChain.created_at)
+    ):
+        latest[chain.repository_id] = chain.latest_backup_id
+    return [marker(h) for h in latest.values() if h]
+
+
+def _consolidate(settings: Settings, req: RunRequest, backup_id: str) -> None:
+    max_length = req.max_chain_length or settings.BACKUP_MAX_CHAIN_LENGTH
+    with session_scope(settings.DATABASE_URL) as s:
+        point = s.get(Backup, backup_id)
+        chain = s.get(BackupChain, point.chain_id) if point and point.chain_id else None
+        if chain is not None:
+            removed, why = chains.consolidate(settings, s, chain, max_length)
+            log.info("chain consolidated", chain_id=chain.id, removed=removed, refused=why)

@@ -1,0 +1,119 @@
+"""Errors of the backups domain: each says what happened and what to do."""
+
+from __future__ import annotations
+
+from diskvault.errors import (
+    BadRequest,
+    Conflict,
+    DiskvaultError,
+    InsufficientStorage,
+    NotFound,
+    ServiceUnavailable,
+    Unprocessable,
+)
+
+
+class BackupError(DiskvaultError):
+    template = "backup failed: {detail}"
+    title = "Backup error"
+
+
+class SourceNotFound(NotFound):
+    template = "backup source {id} was not found; list sources with 'diskvault source list'"
+
+
+class RepositoryNotFound(NotFound):
+    template = "backup repository {id} was not found; list them with 'diskvault backup repo list'"
+
+
+class BackupNotFound(NotFound):
+    template = "restore point {id} was not found; list them with 'diskvault backup list --vm NAME'"
+
+
+class PolicyNotFound(NotFound):
+    template = "backup policy {id} was not found; list them with 'diskvault backup policy list'"
+
+
+class SourceExists(Conflict):
+    template = "a backup source named {name} already exists; pick another name or delete it first"
+
+
+class RepositoryExists(Conflict):
+    template = "a repository named {name} already exists; pick another name"
+
+
+class PolicyExists(Conflict):
+    template = "a policy named {name} already exists; pick another name"
+
+
+class InvalidSource(Unprocessable):
+    template = "invalid {kind} source: {detail}"
+
+
+class InvalidRepository(Unprocessable):
+    template = "invalid repository: {detail}"
+
+
+class InvalidSchedule(Unprocessable):
+    template = "invalid cron schedule {schedule!r}: {detail}; use 5 fields, e.g. '0 2 * * *'"
+
+
+class InvalidRestoreTarget(Unprocessable):
+    template = "cannot restore to {target}: {detail}"
+
+
+class SourceUnavailable(ServiceUnavailable, BackupError):
+    template = (
+        "source {source} disk {disk} cannot be read: {detail}; check it is reachable and retry"
+    )
+    title = "Source unavailable"
+
+
+class RepositoryFull(InsufficientStorage, BackupError):
+    template = (
+        "repository {repository} ran out of space while writing {path}; the partial file was "
+        "removed and earlier restore points are intact: free space or prune, then retry"
+    )
+    title = "Repository full"
+
+
+class DiskBusy(Conflict):
+    template = (
+        "{what} is busy ({holder}); wait for it to finish (diskvault jobs list --status running) "
+        "and retry"
+    )
+
+
+class PointImmutable(Conflict):
+    template = (
+        "restore point {id} is immutable until {until}; it cannot be deleted or merged before "
+        "its immutability window ends"
+    )
+
+
+class PointInUse(Conflict):
+    template = "restore point {id} is in use ({reason}); unmount or finish using it and retry"
+
+
+class PointNotReady(Conflict):
+    template = "restore point {id} is {status}; only completed restore points can be {action}"
+
+
+class NotSupportedHere(BadRequest):
+    template = "{detail}"
+
+
+class ChainBroken(BackupError):
+    template = "chain of {id} is broken: {detail}; take a new full backup"
+
+
+class VerifyFailed(BackupError):
+    template = "verification of {id} found {count} problem(s): {detail}"
+
+
+class RestoreMismatch(BackupError):
+    template = "restored disk {target} differs from restore point {id}; it was removed"
+
+
+class CopyFailed(BackupError):
+    template = "copy of {key} to {target} failed verification: {detail}"

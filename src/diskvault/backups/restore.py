@@ -1,0 +1,150 @@
+"""Whole-disk restore of a restore point: to a new file in a chosen format, to an
+NBD export, or into the image library. The result is compared with the restore
+point (``qemu-img compare``) before it counts as restored.
+
+File-level restore is the ``restore`` domain's; it gets a point's chain with
+:func:`diskvault.backups.service.restore_point` and protects mounted points with
+:func:`diskvault.backups.service.register_busy_check`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from diskvault.backups.errors import InvalidRestoreTarget, RestoreMismatch
+from diskvault.backups.sources.daemon import JOB_PREFIX, start_daemon
+from diskvault.backups.sources.nbd import blockdev_server
+from diskvault.config import Settings
+from diskvault.tools import nbd, qemu_img
+from diskvault.tools.qsd import QsdError
+
+FORMATS = ("qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc")
+Percent = Callable[[float], None]
+Progress = Callable[[int, int], None]
+
+
+def check_destination(settings: Settings, raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_absolute():
+        raise InvalidRestoreTarget(target=raw, detail="give an absolute path")
+    if path.exists() or path.with_name(path.name + ".partial").exists():
+        raise InvalidRestoreTarget(target=raw, detail="it already exists; choose a new path")
+    if not path.parent.is_dir():
+        raise InvalidRestoreTarget(target=raw, detail=f"{path.parent} is not a directory")
+    roots = [r.resolve() for r in settings.BACKUP_RESTORE_ROOTS]
+    if roots and not any(path.parent.resolve().is_relative_to(r) for r in roots):
+        raise InvalidRestoreTarget(
+            target=raw, detail=f"it is outside DISKVAULT_BACKUP_RESTORE_ROOTS ({roots})"
+        )
+    return path
+
+
+def _verified(settings: Settings, image: Path, dest: str, fmt: str, point_id: str) -> None:
+    if not qemu_img.compare(image, dest, "qcow2", fmt, binary=settings.QEMU_IMG_PATH):
+        raise RestoreMismatch(target=dest, id=point_id)
+
+
+def to_file(
+    settings: Settings,
+    point_id: str,
+    image: Path,
+    dest: Path,
+    fmt: str,
+    *,
+    progress: Percent | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """``qemu-img convert`` of the chain into ``dest`` via ``*.partial``, then compare."""
+    part = dest.with_name(dest.name + ".partial")
+    try:
+        qemu_img.convert(
+            image,
+            "qcow2",
+            part,
+            fmt,
+            progress=progress,
+            should_cancel=should_cancel,
+            binary=settings.QEMU_IMG_PATH,
+        )
+        _verified(settings, image, str(part), fmt, point_id)
+        with open(part, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(part, dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return {"target": "file", "path": str(dest), "format": fmt, "verified": True}
+
+
+def to_nbd(
+    settings: Settings,
+    point_id: str,
+    image: Path,
+    url: str,
+    *,
+    virtual_size: int,
+    workdir: Path,
+    progress: Progress | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """QSD copies the chain onto the export (zeros included), then compare."""
+    try:
+        size = nbd.export_size(url)
+    except nbd.NbdError as exc:
+        raise InvalidRestoreTarget(target=url, detail=exc.stderr) from exc
+    if size < virtual_size:
+        raise InvalidRestoreTarget(target=url, detail=f"it holds {size} bytes, need {virtual_size}")
+    server = start_daemon(workdir, settings, "restore")
+    try:
+        server.blockdev_add("src", "qcow2", filename=image, read_only=True)
+        server.qmp("blockdev-add", {"driver": "raw", "node-name": "dst"}, file=blockdev_server(url))
+        job = f"{JOB_PREFIX}restore"
+        server.blockdev_backup(job, "src", "dst", sync="full")
+        server.wait_job(job, progress=progress, should_cancel=should_cancel)
+        with contextlib.suppress(QsdError):
+            server.blockdev_del("dst")
+    finally:
+        server.stop()
+    _verified(settings, image, url, "raw", point_id)
+    return {"target": "nbd", "url": url, "verified": True}
+
+
+def to_image(
+    settings: Settings,
+    point_id: str,
+    image: Path,
+    *,
+    name: str,
+    owner: str | None,
+    progress: Percent | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """A self-contained qcow2 handed to the image library, which inspects and stores it."""
+    from diskvault.db.engine import session_scope
+    from diskvault.images import service as images
+
+    with session_scope(settings.DATABASE_URL) as s:
+        row = images.create(
+            s, settings, name=name, owner=owner, source=f"backup:{point_id}", claimed_format="qcow2"
+        )
+        image_id = row.id
+    staged = images.staged_path(settings, image_id)
+    try:
+        to_file(
+            settings,
+            point_id,
+            image,
+            staged,
+            "qcow2",
+            progress=progress,
+            should_cancel=should_cancel,
+        )
+    except Exception as exc:
+        images.reject(settings, image_id, exc)
+        raise
+    images.start_processing(settings, image_id, "qcow2")
+    return {"target": "image", "image_id": image_id, "verified": True}

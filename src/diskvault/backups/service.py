@@ -1,0 +1,373 @@
+"""Backup rules for the API and tasks: sources, repositories, runs, chains, and
+the calls other domains use (``restore_point``, ``register_busy_check``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from diskvault.api.pagination import PageParams, paginate
+from diskvault.backups import chain as chains
+from diskvault.backups import repository as repo_files
+from diskvault.backups.chain import register_busy_check
+from diskvault.backups.errors import (
+    BackupNotFound,
+    InvalidRepository,
+    NotSupportedHere,
+    PointNotReady,
+    RepositoryExists,
+    RepositoryNotFound,
+    SourceExists,
+    SourceNotFound,
+)
+from diskvault.backups.models import (
+    Backup,
+    BackupChain,
+    BackupRepository,
+    BackupSource,
+    BackupStatus,
+    BackupType,
+    RepositoryKind,
+    SourceKind,
+)
+from diskvault.backups.sources import SOURCES
+from diskvault.backups.verify import chain_to
+from diskvault.config import Settings
+from diskvault.jobs import service as jobs
+from diskvault.jobs.models import Job
+from diskvault.storage import provider_from_url, redact_url
+
+__all__ = ["RestorePoint", "register_busy_check", "restore_point"]
+
+DEFAULT_REPOSITORY = "default"
+
+
+# -- for other domains ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """What a reader of a restore point needs: open ``image`` (qcow2) with its backing
+    chain; ``chain`` lists every file it reads, full first."""
+
+    id: str
+    vm_name: str
+    disk_index: int
+    image: Path
+    chain: list[Path]
+    format: str
+    virtual_size: int
+
+
+def restore_point(session: Session, backup_id: str) -> RestorePoint:
+    point = get_backup(session, backup_id)
+    if point.status != BackupStatus.completed:
+        raise PointNotReady(id=backup_id, status=point.status.value, action="read")
+    files = [chains.image_of(session, p) for p in chain_to(session, point)]
+    return RestorePoint(
+        point.id, point.vm_name, point.disk_index, files[-1], files, "qcow2", point.total_bytes
+    )
+
+
+# -- sources ------------------------------------------------------------------------
+
+
+def create_source(
+    session: Session, name: str, kind: SourceKind, body: dict[str, Any]
+) -> BackupSource:
+    config = SOURCES[kind.value].validate(body)
+    row = BackupSource(name=name, kind=kind, config=config)
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise SourceExists(name=name) from None
+    return row
+
+
+def get_source(session: Session, name: str) -> BackupSource:
+    row = session.scalar(
+        select(BackupSource).where((BackupSource.name == name) | (BackupSource.id == name))
+    )
+    if row is None:
+        raise SourceNotFound(id=name)
+    return row
+
+
+def list_sources(session: Session, page: PageParams) -> tuple[list[Any], int]:
+    return paginate(session, select(BackupSource).order_by(BackupSource.name), page)
+
+
+def delete_source(session: Session, name: str) -> BackupSource:
+    row = get_source(session, name)
+    session.delete(row)
+    session.commit()
+    return row
+
+
+# -- repositories ----------------------------------------------------------------------
+
+
+def create_repository(
+    settings: Settings,
+    session: Session,
+    *,
+    name: str,
+    kind: RepositoryKind,
+    path: str | None,
+    url: str | None,
+    immutability_days: float = 0.0,
+) -> BackupRepository:
+    row = BackupRepository(name=name, kind=kind, immutability_days=immutability_days)
+    if kind == RepositoryKind.local:
+        if not path or not Path(path).is_absolute():
+            raise InvalidRepository(detail="a local repository needs an absolute 'path'")
+        root = Path(path)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidRepository(detail=f"{path}: {exc.strerror}") from exc
+        row.path = str(root.resolve())
+        row.immutable_flag = repo_files.probe_immutable(root)
+        row.total_size_bytes, row.available_size_bytes = repo_files.usage(root)
+    else:
+        if not url:
+            raise InvalidRepository(detail="an s3 repository needs a 'url' (s3://bucket/prefix)")
+        provider_from_url(url, settings=settings)  # validates the URL, no network
+        row.url = redact_url(url)
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise RepositoryExists(name=name) from None
+    return row
+
+
+def get_repository(settings: Settings, session: Session, ref: str | None) -> BackupRepository:
+    """By name or id; ``None`` is the default repository (BACKUP_REPOSITORY_PATH)."""
+    name = ref or DEFAULT_REPOSITORY
+    row = session.scalar(
+        select(BackupRepository).where(
+            (BackupRepository.name == name) | (BackupRepository.id == name)
+        )
+    )
+    if row is None and name == DEFAULT_REPOSITORY:
+        return create_repository(
+            settings,
+            session,
+            name=name,
+            kind=RepositoryKind.local,
+            path=str(settings.backup_dir),
+            url=None,
+        )
+    if row is None:
+        raise RepositoryNotFound(id=name)
+    return row
+
+
+def local_repository(settings: Settings, session: Session, ref: str | None) -> BackupRepository:
+    repo = get_repository(settings, session, ref)
+    if repo.kind != RepositoryKind.local:
+        raise NotSupportedHere(
+            f"repository {repo.name} is {repo.kind.value}: backups are written to local "
+            "repositories; s3 repositories are copy targets (diskvault backup copy)"
+        )
+    return repo
+
+
+def refresh_usage(session: Session, repo: BackupRepository) -> BackupRepository:
+    if repo.path and Path(repo.path).is_dir():
+        repo.total_size_bytes, repo.available_size_bytes = repo_files.usage(Path(repo.path))
+        session.commit()
+    return repo
+
+
+def list_repositories(session: Session, page: PageParams) -> tuple[list[Any], int]:
+    items, total = paginate(session, select(BackupRepository).order_by(BackupRepository.name), page)
+    for repo in items:
+        refresh_usage(session, repo)
+    return items, total
+
+
+def rescan(session: Session, repo: BackupRepository) -> dict[str, Any]:
+    """Rebuild restore points and chains from the sidecars of a local repository."""
+    if repo.path is None:
+        raise NotSupportedHere(f"repository {repo.name} is not local and cannot be scanned")
+    root = Path(repo.path)
+    added, known, skipped = 0, 0, []
+    touched: set[str] = set()
+    for found in repo_files.scan(root):
+        side = found.sidecar
+        existing = session.get(Backup, side["id"])
+        if existing is not None:
+            if existing.repository_id == repo.id:
+                known += 1
+            else:
+                skipped.append(f"{found.relative}: id {side['id']} belongs to another repository")
+            continue
+        chain_id = str(side["chain_id"])
+        if session.get(BackupChain, chain_id) is None:
+            session.add(
+                BackupChain(
+                    id=chain_id,
+                    repository_id=repo.id,
+                    vm_name=side["source"],
+                    disk_index=int(side["disk"]),
+                )
+            )
+        until = repo_files.utc(side.get("immutable_until"))
+        session.add(
+            Backup(
+                id=side["id"],
+                vm_name=side["source"],
+                disk_index=int(side["disk"]),
+                repository_id=repo.id,
+                chain_id=chain_id,
+                requested_type=side.get("requested_type") or "auto",
+                backup_type=BackupType(side["type"]),
+                status=BackupStatus.completed,
+                path=found.relative,
+                parent_backup_id=(side.get("parent") or {}).get("id"),
+                change_id=side.get("change_id"),
+                bitmap=side.get("bitmap"),
+                reason=side.get("reason"),
+                total_bytes=int(side.get("virtual_size", 0)),
+                bytes_transferred=int(side.get("bytes_transferred", 0)),
+                file_size=found.image.stat().st_size,
+                created_at=repo_files.utc(side["created_at"]),
+                started_at=repo_files.utc(side["created_at"]),
+                completed_at=repo_files.utc(side.get("completed_at")),
+                immutable_until=until,
+            )
+        )
+        added += 1
+        touched.add(chain_id)
+    session.flush()
+    for chain_id in touched:
+        chain = session.get(BackupChain, chain_id)
+        if chain is not None:
+            chains.refresh(session, chain)
+    session.commit()
+    return {
+        "repository": repo.name,
+        "added": added,
+        "known": known,
+        "skipped": skipped,
+        "chains": len(touched),
+    }
+
+
+# -- backups --------------------------------------------------------------------------
+
+
+def get_backup(session: Session, backup_id: str) -> Backup:
+    row = session.get(Backup, backup_id)
+    if row is None:
+        raise BackupNotFound(id=backup_id)
+    return row
+
+
+def list_backups(
+    session: Session,
+    page: PageParams,
+    *,
+    vm_name: str | None = None,
+    repository_id: str | None = None,
+    status: BackupStatus | None = None,
+) -> tuple[list[Any], int]:
+    stmt = select(Backup).order_by(Backup.created_at.desc())
+    if vm_name:
+        stmt = stmt.where(Backup.vm_name == vm_name)
+    if repository_id:
+        stmt = stmt.where(Backup.repository_id == repository_id)
+    if status:
+        stmt = stmt.where(Backup.status == status)
+    return paginate(session, stmt, page)
+
+
+def chain_view(session: Session, vm_name: str, repository_id: str | None) -> dict[str, Any]:
+    stmt = select(BackupChain).where(BackupChain.vm_name == vm_name)
+    if repository_id:
+        stmt = stmt.where(BackupChain.repository_id == repository_id)
+    out = []
+    for chain in session.scalars(stmt.order_by(BackupChain.disk_index, BackupChain.created_at)):
+        points = chains.ordered(session, chain.id)
+        out.append(
+            {
+                "chain_id": chain.id,
+                "repository_id": chain.repository_id,
+                "disk_index": chain.disk_index,
+                "broken_reason": chain.broken_reason,
+                "total_size_bytes": sum(p.file_size for p in points),
+                "points": [
+                    {
+                        "id": p.id,
+                        "backup_type": p.backup_type,
+                        "created_at": p.created_at,
+                        "file": Path(p.path or "").name,
+                        "file_size": p.file_size,
+                        "parent_backup_id": p.parent_backup_id,
+                        "immutable_until": p.immutable_until,
+                        "verify_status": p.verify_status,
+                    }
+                    for p in points
+                ],
+            }
+        )
+    return {
+        "vm_name": vm_name,
+        "chains": out,
+        "total_size_bytes": sum(c["total_size_bytes"] for c in out),
+    }
+
+
+def submit(settings: Settings, kind: str, params: dict[str, Any], owner: str | None) -> Job:
+    # Backups read sources and write repositories that live on this node.
+    return jobs.submit(settings, kind, params, node=settings.NODE, owner=owner)
+
+
+def start(
+    settings: Settings,
+    session: Session,
+    *,
+    vm_name: str,
+    backup_type: str,
+    repository: str | None,
+    owner: str | None,
+    speed: int | None = None,
+    policy_id: str | None = None,
+) -> Job:
+    source = get_source(session, vm_name)
+    repo = local_repository(settings, session, repository)
+    params = {
+        "vm_name": source.name,
+        "backup_type": backup_type,
+        "repository_id": repo.id,
+        "speed": speed,
+        "policy_id": policy_id,
+    }
+    return submit(settings, "backup-run", params, owner)
+
+
+def completed(session: Session, backup_id: str, action: str) -> Backup:
+    point = get_backup(session, backup_id)
+    if point.status != BackupStatus.completed:
+        raise PointNotReady(id=backup_id, status=point.status.value, action=action)
+    return point
+
+
+def request_delete(settings: Settings, session: Session, backup_id: str, owner: str | None) -> Job:
+    """Refuse at once what the job would refuse (immutable, in use); else queue it."""
+    point = completed(session, backup_id, "deleted")
+    points = chains.ordered(session, point.chain_id or "")
+    index = next(i for i, p in enumerate(points) if p.id == point.id)
+    touched = points[index : index + (3 if index == 0 else 2)]
+    chains.guard(session, touched, points[index:])
+    return submit(settings, "backup-delete", {"backup_id": backup_id}, owner)

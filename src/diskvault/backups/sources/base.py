@@ -1,0 +1,109 @@
+"""What every source kind provides: its disks, and per disk a session that plans
+a run (full or incremental, and why), copies the data into a target qcow2, and
+then advances (commit) or leaves (close without commit) its change tracking."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
+
+from diskvault.config import Settings
+from diskvault.tools import qemu_img
+
+Progress = Callable[[int, int], None]  # bytes done, bytes total
+Kind = Literal["full", "incremental"]
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The chain head a new incremental would sit on."""
+
+    backup_id: str
+    image: Path
+    tracking: dict[str, Any]
+    virtual_size: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    backup_type: Kind
+    virtual_size: int
+    reason: str | None = None  # why this is a full when an incremental was possible or asked
+
+
+@dataclass
+class Copied:
+    tracking: dict[str, Any]
+    bytes_transferred: int
+    change_id: str | None = None
+    bitmap: str | None = None
+    extra: dict[str, Path] = field(default_factory=dict)  # suffix -> partial file beside
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    settings: Settings
+    workdir: Path
+    backup_id: str
+    progress: Progress
+    should_cancel: Callable[[], bool]
+    speed: int | None = None
+
+
+class DiskSession(Protocol):
+    def plan(self, want: Kind, previous: Previous | None) -> Plan: ...
+
+    def copy(self, target: Path, plan: Plan, previous: Previous | None) -> Copied:
+        """Write the restore point into ``target`` (a ``*.partial`` path, not yet created)."""
+        ...
+
+    def commit(self, keep: Iterable[str]) -> None:
+        """The point is recorded: advance change tracking, dropping our markers
+        (``dv-*`` bitmaps or checkpoints) except the new one and ``keep``."""
+        ...
+
+    def close(self) -> None:
+        """Release the source; without a commit, leave tracking as it was before the run."""
+        ...
+
+
+class Source(Protocol):
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None: ...
+
+    @classmethod
+    def validate(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Normalized config, or InvalidSource; no I/O."""
+        ...
+
+    def disk_count(self) -> int: ...
+
+    def open_disk(self, index: int, opts: RunOptions) -> DiskSession: ...
+
+
+MARKER_PREFIX = "dv-"
+
+
+def tracking_name(backup_id: str) -> str:
+    """The bitmap or checkpoint name that a restore point's change tracking starts from."""
+    return f"{MARKER_PREFIX}{backup_id}"
+
+
+def create_target(target: Path, plan: Plan, previous: Previous | None, binary: str) -> None:
+    """A fresh qcow2: empty for a full, on top of the chain head for an incremental."""
+    if plan.backup_type == "incremental":
+        assert previous is not None
+        # Relative: the chain keeps working wherever the repository is moved or copied.
+        qemu_img.create(
+            target, "qcow2", None, backing=previous.image.name, backing_fmt="qcow2", binary=binary
+        )
+    else:
+        qemu_img.create(target, "qcow2", plan.virtual_size, binary=binary)
+
+
+def disk_list(config: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """``disks`` as a list of dicts; a bare string becomes ``{key: value}``."""
+    return [d if isinstance(d, dict) else {key: d} for d in config.get("disks", [])]

@@ -1,0 +1,65 @@
+"""qemu-storage-daemon helpers shared by the sources that run one per disk."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+from diskvault.config import Settings
+from diskvault.tools import qmp_block
+from diskvault.tools.qmp_block import BlockClient
+from diskvault.tools.qsd import QsdError, QsdServer, kill_stale
+
+JOB_PREFIX = "dvb-"
+TARGET_PREFIX = "dvt-"
+STALE_QUIT_TIMEOUT = 10.0
+
+
+def start_daemon(workdir: Path, settings: Settings, name: str) -> QsdServer:
+    """A QSD for one disk; one left running by a killed worker is stopped first."""
+    stop_stale(workdir)
+    server = QsdServer(workdir, name=name, binary=settings.QEMU_STORAGE_DAEMON_PATH)
+    server.start()
+    return server
+
+
+def stop_stale(workdir: Path) -> None:
+    """Quit a QSD orphaned by a killed worker over QMP, so it saves its persistent
+    bitmaps cleanly (a SIGKILL would leave them inconsistent and force a full)."""
+    try:
+        pid = int((workdir / "qsd.pid").read_text().strip())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return
+    if not comm.startswith("qemu-storage"):
+        return
+    with contextlib.suppress(QsdError), qmp_block.connect(workdir / "qmp.sock", timeout=2) as c:
+        clear_leftovers(c)
+        c.qmp("quit", timeout=5)
+    deadline = time.monotonic() + STALE_QUIT_TIMEOUT
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kill_stale(workdir)
+
+
+def clear_leftovers(client: BlockClient) -> None:
+    """Cancel our block jobs and drop our target nodes left by an interrupted run."""
+    for job in client.qmp("query-jobs"):
+        if str(job["id"]).startswith(JOB_PREFIX):
+            with contextlib.suppress(QsdError):
+                client.qmp("job-cancel", id=job["id"])
+    deadline = time.monotonic() + STALE_QUIT_TIMEOUT
+    while time.monotonic() < deadline:
+        ours = [j for j in client.qmp("query-jobs") if str(j["id"]).startswith(JOB_PREFIX)]
+        for job in ours:
+            if job["status"] == "concluded":
+                client.qmp("job-dismiss", id=job["id"])
+        if not ours:
+            break
+        time.sleep(0.05)
+    for node in client.qmp("query-named-block-nodes", flat=True):
+        name = str(node.get("node-name", ""))
+        if name.startswith(TARGET_PREFIX) and node.get("drv") == "qcow2":
+            with contextlib.suppress(QsdError):
+                client.blockdev_del(name)

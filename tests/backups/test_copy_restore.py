@@ -1,0 +1,143 @@
+"""Second copies (local and S3), re-attaching a repository, and whole-disk restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diskvault.backups import chain as chains
+from diskvault.backups import copy as copies
+from diskvault.backups import restore, service
+from diskvault.backups.errors import InvalidRestoreTarget
+from diskvault.backups.models import Backup, BackupRepository, RepositoryKind
+from diskvault.config import Settings
+from diskvault.db.engine import session_scope
+from diskvault.storage import provider_from_url
+from diskvault.tools import qemu_img
+from support.backups_env import (
+    DISK,
+    add_repo,
+    add_source,
+    backup,
+    create_disk,
+    image,
+    make_settings,
+    same,
+    save,
+    write_random,
+)
+from support.backups_servers import qemu_nbd, url
+
+
+@pytest.fixture
+def chain3(bsettings: Settings, repo: str, tmp_path: Path) -> list[tuple[str, Path]]:
+    disk = create_disk(tmp_path / "vm.qcow2")
+    add_source(bsettings, "vm1", "qcow2", disks=[str(disk)])
+    saved = []
+    for n in range(3):
+        saved.append((backup(bsettings, "vm1", repo), save(disk, tmp_path / f"at-{n}.qcow2")))
+        write_random(disk, "qcow2", 0.05, seed=400 + n)
+    return saved
+
+
+def run_copy(settings: Settings, source: str, target: str) -> dict[str, object]:
+    with session_scope(settings.DATABASE_URL) as s:
+        src, dst = s.get(BackupRepository, source), s.get(BackupRepository, target)
+        assert src is not None and dst is not None
+        return copies.copy(settings, s, src, dst, copies.points_to_copy(s, source, None))
+
+
+def test_copy_to_local_then_attach_to_fresh_diskvault(
+    bsettings: Settings, repo: str, tmp_path: Path, chain3: list[tuple[str, Path]]
+) -> None:
+    second = add_repo(bsettings, "second", tmp_path / "second")
+    first = run_copy(bsettings, repo, second)
+    assert first["copied"] == [i for i, _ in chain3] and first["skipped"] == []
+    assert run_copy(bsettings, repo, second)["copied"] == []
+    # Deleting a middle point rewrites its child: the next copy sends that child again.
+    with session_scope(bsettings.DATABASE_URL) as s:
+        chains.delete_point(bsettings, s, s.get(Backup, chain3[1][0]))
+    again = run_copy(bsettings, repo, second)
+    assert again["copied"] == [chain3[2][0]] and again["skipped"] == [chain3[0][0]]
+    assert again["removed"] == [chain3[1][0]]
+
+    fresh = make_settings(tmp_path / "fresh")
+    with session_scope(fresh.DATABASE_URL) as s:
+        attached = service.create_repository(
+            fresh,
+            s,
+            name="attached",
+            kind=RepositoryKind.local,
+            path=str(tmp_path / "second"),
+            url=None,
+        )
+        found = service.rescan(s, attached)
+        view = service.chain_view(s, "vm1", attached.id)
+    assert found["added"] == 2 and found["chains"] == 1
+    points = view["chains"][0]["points"]
+    assert [p["id"] for p in points] == [chain3[0][0], chain3[2][0]]
+    for backup_id, copy in (chain3[0], chain3[2]):
+        assert same(image(fresh, backup_id), copy)
+
+
+def test_copy_to_s3_verified_and_incremental(
+    bsettings: Settings, repo: str, chain3: list[tuple[str, Path]], moto_url: str
+) -> None:
+    with session_scope(bsettings.DATABASE_URL) as s:
+        target = service.create_repository(
+            bsettings, s, name="offsite", kind=RepositoryKind.s3, path=None, url=moto_url
+        ).id
+    done = run_copy(bsettings, repo, target)
+    assert len(done["copied"]) == 3
+    provider = provider_from_url(moto_url)
+    rel = image(bsettings, chain3[2][0]).relative_to(image(bsettings, chain3[0][0]).parents[2])
+    assert provider.stat(rel.as_posix()).size == image(bsettings, chain3[2][0]).stat().st_size
+    assert provider.exists(rel.with_suffix(".json").as_posix())
+    assert run_copy(bsettings, repo, target)["skipped"] == [i for i, _ in chain3]
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2", "vmdk"])
+def test_restore_to_file(
+    bsettings: Settings, chain3: list[tuple[str, Path]], tmp_path: Path, fmt: str
+) -> None:
+    backup_id, copy = chain3[1]
+    dest = restore.check_destination(bsettings, str(tmp_path / f"restored.{fmt}"))
+    seen: list[float] = []
+    out = restore.to_file(
+        bsettings, backup_id, image(bsettings, backup_id), dest, fmt, progress=seen.append
+    )
+    assert out["verified"] and same(dest, copy, fmt, "qcow2")
+    assert "backing-filename" not in qemu_img.info(dest, fmt)
+    with pytest.raises(InvalidRestoreTarget, match="already exists"):
+        restore.check_destination(bsettings, str(dest))
+
+
+def test_restore_to_nbd_overwrites_everything(
+    bsettings: Settings, chain3: list[tuple[str, Path]], tmp_path: Path
+) -> None:
+    backup_id, copy = chain3[2]
+    target = tmp_path / "target.qcow2"
+    qemu_img.create(target, "qcow2", DISK)
+    write_random(target, "qcow2", 0.5, seed=9)  # old data that must not survive
+    sock = tmp_path / "restore.sock"
+    with qemu_nbd(target, sock):
+        out = restore.to_nbd(
+            bsettings,
+            backup_id,
+            image(bsettings, backup_id),
+            url(sock),
+            virtual_size=DISK,
+            workdir=tmp_path / "work",
+        )
+    assert out["verified"] and same(target, copy)
+
+
+def test_restore_point_for_other_domains(
+    bsettings: Settings, chain3: list[tuple[str, Path]]
+) -> None:
+    with session_scope(bsettings.DATABASE_URL) as s:
+        rp = service.restore_point(s, chain3[2][0])
+    assert rp.format == "qcow2" and rp.virtual_size == DISK
+    assert [p.name for p in rp.chain][-1] == rp.image.name and len(rp.chain) == 3
+    assert rp.chain[0].name.startswith("full-")
