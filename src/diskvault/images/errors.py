@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from diskvault.errors import Unprocessable
+from diskvault.errors import (
+    BadRequest,
+    Conflict,
+    DiskvaultError,
+    Forbidden,
+    InsufficientStorage,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+)
 
 
 class Reason(StrEnum):
@@ -53,3 +62,59 @@ class UnsafeImage(Unprocessable):
     def __init__(self, reason: Reason, detail: str) -> None:
         self.reason = reason
         super().__init__(detail, reason=str(reason), advice=ADVICE.get(reason, _CHECK_FILE))
+
+
+class ImageNotFound(NotFound):
+    template = "image {id} was not found; list images with GET /api/v1/images"
+
+
+class ImageBusy(Conflict):
+    template = "image {id} is {status}: {detail}"
+    title = "Image busy"
+
+
+class ImageInUse(Conflict):
+    template = "image {id} is in use: {detail}; remove that use first, then delete the image"
+    title = "Image in use"
+
+
+class InvalidUpload(BadRequest):
+    template = "invalid upload: {detail}"
+    title = "Invalid upload"
+
+
+class UploadTooLarge(PayloadTooLarge):
+    template = (
+        "the image is {size} bytes, over the {limit}-byte limit; "
+        "raise DISKVAULT_MAX_VIRTUAL_SIZE or import a smaller image"
+    )
+
+
+class InsufficientSpace(InsufficientStorage):
+    template = (
+        "not enough free space in {path}: {action} needs {needed} bytes but {free} are free; "
+        "free some space or point DISKVAULT_TEMP_STORAGE_PATH at a larger filesystem"
+    )
+    title = "Insufficient storage"
+
+
+class ImportRefused(Forbidden):
+    template = "import refused: {detail}"
+    title = "Import refused"
+
+
+class ImportFailed(BadRequest):
+    template = "import from {source} failed: {detail}"
+    title = "Import failed"
+
+
+class ShrinkRefused(Conflict):
+    template = "cannot shrink image {id} to {size} bytes: {detail}"
+    title = "Shrink refused"
+
+
+class RangeNotSatisfiable(DiskvaultError):
+    template = "range {range} is outside the {size}-byte image"
+    status = 416
+    exit_code = 2
+    title = "Range not satisfiable"

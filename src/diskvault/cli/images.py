@@ -1,0 +1,421 @@
+"""``diskvault image``: upload, import, list, convert, resize, download and delete images.
+
+``info`` and ``convert --local`` work on local files with no server, with the
+same header inspection the server runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from diskvault.cli.client import Client, Unreachable, api_error
+from diskvault.cli.common import console, human_bytes, print_table
+from diskvault.cli.progress import watch
+from diskvault.config import Settings
+from diskvault.errors import BadRequest
+
+NAME = "image"
+app = typer.Typer(help="Disk images. Example: diskvault image upload win11.vhdx --wait")
+
+CHUNK = 1024 * 1024
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def parse_size(text: str) -> int:
+    """``20G``, ``512M``, ``1TiB`` or plain bytes (binary units)."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise BadRequest(f"cannot read size {text!r}; use bytes or a unit like 20G or 512MiB")
+    unit = (match[2] or "").upper()[:1]
+    return int(match[1]) * _UNITS[unit]
+
+
+def _resolve(client: Client, image_id: str) -> str:
+    if len(image_id) >= 32:
+        return image_id
+    items = client.get("/api/v1/images", params={"limit": 1000})["items"]
+    matches = [i["id"] for i in items if i["id"].startswith(image_id)]
+    return str(matches[0]) if len(matches) == 1 else image_id
+
+
+def _show(image: dict[str, Any]) -> None:
+    rows = [
+        ("id", image["id"]),
+        ("name", image["name"]),
+        ("type", image["image_type"]),
+        ("status", image["status"]),
+        ("format", image["format"]),
+        ("target format", image["target_format"] or "(default)"),
+        ("virtual size", human_bytes(image["virtual_size"])),
+        ("actual size", human_bytes(image["actual_size"])),
+        ("sha256", image["sha256"]),
+        ("source", image["source"]),
+        ("owner", image["owner"]),
+        ("job", image["job_id"]),
+        ("error", image["error"]),
+        ("updated", image["updated_at"]),
+    ]
+    print_table(f"image {image['id'][:12]}", ["field", "value"], rows)
+
+
+def _finish(client: Client, image: dict[str, Any], wait: bool) -> None:
+    if wait and image.get("job_id") and image["status"] not in ("READY", "ERROR"):
+        try:
+            watch(client, image["job_id"])
+        finally:
+            image = client.get(f"/api/v1/images/{image['id']}")
+    _show(image)
+
+
+def _multipart(path: Path, fields: dict[str, str], boundary: str) -> tuple[int, Iterator[bytes]]:
+    head = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    )
+    name = path.name.replace('"', "_")
+    head += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    size = path.stat().st_size
+
+    def body() -> Iterator[bytes]:
+        yield head
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                yield chunk
+        yield tail
+
+    return len(head) + size + len(tail), body()
+
+
+@app.command()
+def upload(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="the image file"),
+    name: str = typer.Option(None, "--name", help="display name (default: the file name)"),
+    image_type: str = typer.Option("system", "--type", help="system|game|data"),
+    fmt: str = typer.Option(None, "--format", help="declared format; the server checks it"),
+    target: str = typer.Option(None, "--target-format", help="raw|qcow2 (default: server's)"),
+    wait: bool = typer.Option(False, "--wait", help="follow processing until READY or ERROR"),
+) -> None:
+    """Upload an image with a progress bar; it is inspected, verified and converted.
+
+    Example: diskvault image upload win11.vhdx --name "Windows 11" --type system --wait
+    """
+    client = Client()
+    fields = {"name": name or file.name, "image_type": image_type}
+    if fmt:
+        fields["format"] = fmt
+    if target:
+        fields["target_format"] = target
+    boundary = f"diskvault-{secrets.token_hex(12)}"
+    length, body = _multipart(file, fields, boundary)
+
+    def tracked() -> Iterator[bytes]:
+        with _bar() as bar:
+            task = bar.add_task(f"upload {file.name}", total=length)
+            for chunk in body:
+                yield chunk
+                bar.advance(task, len(chunk))
+
+    image = client.post(
+        "/api/v1/images/upload",
+        content=tracked(),
+        headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(length),
+        },
+        timeout=httpx.Timeout(300.0),
+    )
+    console.print(f"uploaded {file.name}: image {image['id']} ({image['status']})")
+    _finish(client, image, wait)
+
+
+@app.command("import")
+def import_(
+    source: str = typer.Argument(..., help="a path on the server (inside its import roots) or URL"),
+    name: str = typer.Option(None, "--name", help="display name"),
+    image_type: str = typer.Option("system", "--type", help="system|game|data"),
+    fmt: str = typer.Option(None, "--format", help="declared format; the server checks it"),
+    wait: bool = typer.Option(False, "--wait", help="follow the import until READY or ERROR"),
+) -> None:
+    """Import an image from a server-side path or an http(s) URL.
+
+    Example: diskvault image import https://images.example.com/debian.qcow2 --wait
+    """
+    client = Client()
+    body: dict[str, Any] = {"image_type": image_type, "name": name, "format": fmt}
+    if source.startswith(("http://", "https://")):
+        body["url"] = source
+    else:
+        body["path"] = os.path.abspath(source)
+    image = client.post("/api/v1/images/import", json=body)
+    console.print(f"importing {source}: image {image['id']} ({image['status']})")
+    _finish(client, image, wait)
+
+
+@app.command("list")
+def list_(
+    status: str = typer.Option(
+        None, "--status", help="UPLOADING|PROCESSING|CONVERTING|READY|ERROR"
+    ),
+    fmt: str = typer.Option(None, "--format", help="raw, qcow2, vhdx, ..."),
+    image_type: str = typer.Option(None, "--type", help="system|game|data"),
+    limit: int = typer.Option(50, "--limit"),
+) -> None:
+    """List images, newest first.
+
+    Example: diskvault image list --status READY --type game
+    """
+    params: dict[str, Any] = {"limit": limit}
+    for key, value in (("status", status), ("format", fmt), ("image_type", image_type)):
+        if value:
+            params[key] = value
+    page = Client().get("/api/v1/images", params=params)
+    rows = [
+        (
+            i["id"][:12],
+            i["name"],
+            i["image_type"],
+            i["status"],
+            i["format"] or "",
+            human_bytes(i["virtual_size"]),
+            (i["error"] or "")[:60],
+        )
+        for i in page["items"]
+    ]
+    print_table(
+        f"images ({page['total']} total)",
+        ["id", "name", "type", "status", "format", "size", "error"],
+        rows,
+    )
+
+
+@app.command()
+def show(image_id: str = typer.Argument(..., help="image id (a unique prefix works)")) -> None:
+    """Show one image.
+
+    Example: diskvault image show 3f2a9c
+    """
+    client = Client()
+    _show(client.get(f"/api/v1/images/{_resolve(client, image_id)}"))
+
+
+def _inspect_local(file: Path) -> tuple[Any, dict[str, Any]]:
+    from diskvault.images.inspect import inspect_file, verify_with_qemu_img
+
+    settings = Settings()
+    inspection = inspect_file(file, max_virtual_size=settings.MAX_VIRTUAL_SIZE)
+    info = verify_with_qemu_img(file, inspection, binary=settings.QEMU_IMG_PATH)
+    return inspection, info
+
+
+@app.command()
+def info(
+    target: str = typer.Argument(..., help="a local image file (or, without --local, an id)"),
+    local: bool = typer.Option(False, "--local", help="inspect a local file; no server needed"),
+) -> None:
+    """Inspect an image file safely (headers first, then qemu-img info under limits).
+
+    Example: diskvault image info disk.vhdx --local
+    """
+    path = Path(target)
+    if not local and not path.is_file():
+        show(target)
+        return
+    inspection, info = _inspect_local(path)
+    rows = [
+        ("file", str(path)),
+        ("format", inspection.format),
+        ("virtual size", f"{inspection.virtual_size} ({human_bytes(inspection.virtual_size)})"),
+        ("file size", human_bytes(inspection.file_size)),
+        ("actual size", human_bytes(info.get("actual-size"))),
+        *((k, str(v)) for k, v in inspection.details.items()),
+        ("qemu-img", "agrees: same format, no backing or data file"),
+    ]
+    print_table(f"{path.name}: safe to import", ["field", "value"], rows)
+
+
+@app.command()
+def convert(
+    source: str = typer.Argument(..., help="image id, or with --local a source file"),
+    dest: Path = typer.Argument(None, help="with --local: the output file"),
+    to: str = typer.Option(..., "--to", help="raw|qcow2|vmdk|vhdx"),
+    local: bool = typer.Option(False, "--local", help="convert local files; no server needed"),
+    compress: bool = typer.Option(False, "--compress", help="qcow2: compressed clusters"),
+    wait: bool = typer.Option(False, "--wait", help="follow the server's conversion job"),
+) -> None:
+    """Convert an image, on the server (by id) or locally (SRC DST --local) with a progress bar.
+
+    Example: diskvault image convert disk.vhdx disk.raw --to raw --local
+    """
+    if not local:
+        client = Client()
+        body = {"target_format": to, "compress": compress}
+        image = client.post(f"/api/v1/images/{_resolve(client, source)}/convert", json=body)
+        _finish(client, image, wait)
+        return
+    from diskvault.images.files import TARGET_FORMATS, convert_file
+
+    if dest is None or to not in TARGET_FORMATS:
+        raise BadRequest(f"give SRC DST and --to one of {', '.join(TARGET_FORMATS)}")
+    inspection, _ = _inspect_local(Path(source))
+    started = time.perf_counter()
+    with _bar() as bar:
+        task = bar.add_task(f"{inspection.format} -> {to}", total=inspection.virtual_size)
+        convert_file(
+            Path(source),
+            inspection.qemu_format,
+            dest,
+            to,
+            binary=Settings().QEMU_IMG_PATH,
+            progress=lambda pct: bar.update(task, completed=inspection.virtual_size * pct / 100),
+            compress=compress,
+        )
+    elapsed = time.perf_counter() - started
+    console.print(f"{dest}: {to}, {human_bytes(dest.stat().st_size)} in {elapsed:.2f}s")
+
+
+@app.command()
+def resize(
+    image_id: str = typer.Argument(..., help="image id (a unique prefix works)"),
+    size: str = typer.Argument(..., help="new virtual size: bytes or 20G, 512M, ..."),
+    force: bool = typer.Option(False, "--force", help="allow shrinking when the data fits"),
+    wait: bool = typer.Option(False, "--wait", help="follow the resize job"),
+) -> None:
+    """Grow an image (shrinking needs --force and is refused if data would be lost).
+
+    Example: diskvault image resize 3f2a9c 40G --wait
+    """
+    client = Client()
+    body = {"size": parse_size(size), "force": force}
+    image = client.post(f"/api/v1/images/{_resolve(client, image_id)}/resize", json=body)
+    _finish(client, image, wait)
+
+
+@app.command()
+def download(
+    image_id: str = typer.Argument(..., help="image id (a unique prefix works)"),
+    output: Path = typer.Option(..., "-o", "--output", help="file to write"),
+) -> None:
+    """Download an image; an interrupted download resumes from OUTPUT.partial.
+
+    Example: diskvault image download 3f2a9c -o win11.raw
+    """
+    client = Client(timeout=300)
+    path = f"/api/v1/images/{_resolve(client, image_id)}/download"
+    partial = output.with_name(output.name + ".partial")
+    have = partial.stat().st_size if partial.exists() else 0
+    headers = {**client._headers(True), **({"Range": f"bytes={have}-"} if have else {})}
+    try:
+        with client.http.stream("GET", path, headers=headers) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise api_error(resp)
+            if resp.status_code != 206:
+                have = 0
+            total = have + int(resp.headers.get("content-length", 0))
+            with open(partial, "ab" if have else "wb") as fh, _bar() as bar:
+                task = bar.add_task(f"download {output.name}", total=total, completed=have)
+                for chunk in resp.iter_raw(CHUNK):
+                    fh.write(chunk)
+                    bar.advance(task, len(chunk))
+                fh.flush()
+                os.fsync(fh.fileno())
+    except httpx.TransportError as exc:
+        raise Unreachable(url=client.url, reason=str(exc) or type(exc).__name__) from None
+    os.replace(partial, output)
+    console.print(f"{output}: {human_bytes(output.stat().st_size)}")
+
+
+@app.command("rm")
+def remove(image_id: str = typer.Argument(..., help="image id (a unique prefix works)")) -> None:
+    """Delete an image (refused while a target, machine or backup uses it).
+
+    Example: diskvault image rm 3f2a9c
+    """
+    client = Client()
+    resolved = _resolve(client, image_id)
+    client.delete(f"/api/v1/images/{resolved}")
+    console.print(f"image {resolved} deleted")
+
+
+# -- versions (diskless boot) -------------------------------------------------
+
+
+@app.command()
+def versions(image: str = typer.Argument(..., help="image id, id prefix or name")) -> None:
+    """List the versions of a golden image that diskless machines boot.
+
+    Example: diskvault image versions win11
+    """
+    from diskvault.cli.boot import resolve_image
+
+    client = Client()
+    image_id = resolve_image(client, image)
+    page = client.get(f"/api/v1/images/{image_id}/versions", params={"limit": 1000})
+    rows = [
+        (
+            v["version"],
+            "*" if v["is_current"] else "",
+            v["created_at"][:19],
+            v["parent_version"] or "",
+            ", ".join(v["used_by"]),
+            v["comment"] or "",
+        )
+        for v in page["items"]
+    ]
+    print_table(
+        f"versions of image {image_id[:12]} (* current)",
+        ["version", "current", "created", "parent", "used by", "comment"],
+        rows,
+    )
+
+
+@app.command()
+def rollback(
+    image: str = typer.Argument(..., help="image id, id prefix or name"),
+    version: int = typer.Argument(..., help="the version to make current"),
+) -> None:
+    """Make an earlier version current; machines boot it from their next boot on.
+
+    Example: diskvault image rollback win11 3
+    """
+    from diskvault.cli.boot import resolve_image
+
+    client = Client()
+    image_id = resolve_image(client, image)
+    client.post(f"/api/v1/images/{image_id}/versions/{version}/rollback")
+    console.print(f"image {image_id[:12]}: version {version} is current")

@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import functools
+import shutil
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from diskvault.api.deps import DbDep, PrincipalDep, SettingsDep, bearer_token
+from diskvault.api.pagination import Page, PageParams, page_params
+from diskvault.api.problems import problem_response
+from diskvault.auth import service as auth_service
+from diskvault.auth.errors import MissingToken, RoleRequired
+from diskvault.auth.models import Role
+from diskvault.auth.service import Principal
+from diskvault.config import Settings
+from diskvault.db.engine import session_scope
+from diskvault.errors import DiskvaultError
+from diskvault.images import download, importer, service, upload
+from diskvault.images.errors import InsufficientSpace, RangeNotSatisfiable, UploadTooLarge
+from diskvault.images.models import Image, ImageStatus, ImageType
+from diskvault.images.schemas import (
+    AutoTarget,
+    ConversionStatus,
+    ConvertRequest,
+    ImageImport,
+    ImageOut,
+    ResizeRequest,
+)
+from diskvault.images.store import ImageStore
+
+router = APIRouter(prefix="/api/v1/images", tags=["images"])
+PageDep = Annotated[PageParams, Depends(page_params)]
+
+
+def upload_principal(request: Request, settings: SettingsDep) -> Principal:
+    """Like PrincipalDep (operators and admins), without a DB session held for the upload."""
+    token = bearer_token(request)
+    if token is None:
+        raise MissingToken()
+    with session_scope(settings.DATABASE_URL) as s:
+        principal = auth_service.resolve(s, settings, token)
+    request.state.principal = principal
+    if principal.role.rank < Role.operator.rank:
+        raise RoleRequired(role="operator", current=principal.role.value)
+    return principal
+
+
+UploadPrincipalDep = Annotated[Principal, Depends(upload_principal)]
+
+
+def _new_upload(settings: Settings, name: str, owner: str, fields: dict[str, str]) -> Image:
+    with session_scope(settings.DATABASE_URL) as s:
+        image = service.create(
+            s,
+            settings,
+            name=name,
+            owner=owner,
+            source="upload",
+            claimed_format=fields.get("format"),
+        )
+        s.expunge(image)
+        return image
+
+
+def _upload_failed(settings: Settings, image_id: str, exc: BaseException) -> None:
+    if isinstance(exc, DiskvaultError):
+        message = f"upload failed: {exc.message}"
+    else:
+        message = "the upload was interrupted before all bytes arrived; upload again"
+    service.reject(settings, image_id, RuntimeError(message), reason="upload-failed")
+    service.partial_path(settings, image_id).unlink(missing_ok=True)
+
+
+@router.post(
+    "/upload",
+    response_model=ImageOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Upload an image (multipart: file, name, image_type[, format, target_format])",
+)
+async def upload_image(
+    request: Request,
+    settings: SettingsDep,
+    principal: UploadPrincipalDep,
+    name: str | None = Query(None, max_length=200, description="or the 'name' form field"),
+    image_type: ImageType | None = Query(None, description="or the 'image_type' form field"),
+    format: str | None = Query(None, max_length=16, description="declared format (checked)"),
+    target_format: AutoTarget | None = Query(None, description="automatic conversion target"),
+) -> Any:
+    """The body streams to TEMP_STORAGE_PATH with its SHA-256; headers are inspected at once.
+
+    An unsafe image is answered 422 (its bytes deleted); a safe one is 202 and
+    verified and converted by a job (see ``job_id`` and ``/conversion-status``).
+    """
+    limit = service.max_file_bytes(settings)
+    length = request.headers.get("content-length", "")
+    if length.isdigit():
+        if int(length) > limit + upload.MAX_FIELDS_BYTES:
+            raise UploadTooLarge(size=int(length), limit=limit)
+        free = shutil.disk_usage(settings.temp_dir).free
+        if int(length) > free:
+            raise InsufficientSpace(
+                path=str(settings.temp_dir), needed=int(length), free=free, action="this upload"
+            )
+    content_type = request.headers.get("content-type", "")
+    upload.boundary_of(content_type)
+    defaults = {
+        key: value
+        for key, value in {
+            "name": name,
+            "image_type": image_type,
+            "format": format,
+            "target_format": target_format,
+        }.items()
+        if value
+    }
+    image = await anyio.to_thread.run_sync(
+        _new_upload, settings, name or "", principal.username, defaults
+    )
+    partial = service.partial_path(settings, image.id)
+    try:
+        received = await upload.receive(request.stream(), content_type, partial, limit=limit)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_upload_failed, settings, image.id, exc)
+        raise
+    accept = functools.partial(
+        service.accept_upload,
+        settings,
+        image.id,
+        partial,
+        fields={**defaults, **received.fields},
+        filename=received.filename,
+        size=received.size,
+        sha256=received.sha256,
+    )
+    return await anyio.to_thread.run_sync(accept)
+
+
+@router.post(
+    "/import",
+    response_model=ImageOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Import from a server path (inside IMPORT_ROOTS) or an http(s) URL",
+)
+def import_image(
+    body: ImageImport, principal: PrincipalDep, settings: SettingsDep, db: DbDep
+) -> Any:
+    return importer.request_import(settings, db, body, owner=principal.username)
+
+
+@router.get("", response_model=Page[ImageOut])
+def list_images(
+    _: PrincipalDep,
+    db: DbDep,
+    page: PageDep,
+    status_: ImageStatus | None = Query(None, alias="status"),
+    format: str | None = Query(None, max_length=16),
+    image_type: ImageType | None = Query(None),
+) -> Any:
+    items, total = service.list_images(db, page, status=status_, fmt=format, image_type=image_type)
+    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/{image_id}", response_model=ImageOut)
+def get_image(image_id: str, _: PrincipalDep, db: DbDep) -> Any:
+    return service.get(db, image_id)
+
+
+@router.post(
+    "/{image_id}/convert",
+    response_model=ImageOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Convert to raw, qcow2, vmdk or vhdx in a background job",
+)
+def convert_image(
+    image_id: str, body: ConvertRequest, principal: PrincipalDep, settings: SettingsDep, db: DbDep
+) -> Any:
+    return service.request_convert(
+        settings,
+        db,
+        image_id,
+        body.target_format,
+        compress=body.compress,
+        owner=principal.username,
+    )
+
+
+@router.get("/{image_id}/conversion-status", response_model=ConversionStatus)
+def conversion_status(image_id: str, _: PrincipalDep, db: DbDep) -> Any:
+    return service.conversion_status(db, image_id)
+
+
+@router.post(
+    "/{image_id}/resize",
+    response_model=ImageOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Grow (or, with force and when the data fits, shrink) the virtual size",
+)
+def resize_image(
+    image_id: str, body: ResizeRequest, principal: PrincipalDep, settings: SettingsDep, db: DbDep
+) -> Any:
+    return service.request_resize(
+        settings, db, image_id, body.size, force=body.force, owner=principal.username
+    )
+
+
+@router.get(
+    "/{image_id}/download",
+    response_class=Response,
+    summary="Download the image file; a single HTTP Range is honoured (206)",
+)
+def download_image(
+    image_id: str, request: Request, _: PrincipalDep, settings: SettingsDep
+) -> Response:
+    # A short session of its own: the dependency's would stay open while the body streams.
+    with session_scope(settings.DATABASE_URL) as s:
+        image = service.get(s, image_id)
+        s.expunge(image)
+    store = ImageStore(settings)
+    try:
+        return download.response(store, image, request.headers.get("range"))
+    except RangeNotSatisfiable as exc:
+        body = exc.problem()
+        body["instance"] = request.url.path
+        size = exc.fields.get("size", 0)
+        return problem_response(body, headers={"Content-Range": f"bytes */{size}"})
+
+
+@router.delete(
+    "/{image_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete an image (409 while a target, machine or backup uses it)",
+)
+def delete_image(image_id: str, _: PrincipalDep, settings: SettingsDep, db: DbDep) -> Response:
+    service.delete(settings, db, image_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,282 @@
+"""Job-side work on images: verify, publish, convert, checksum, resize, and failure handling.
+
+Every function here runs inside a job (see :mod:`diskvault.images.tasks`).
+Rules kept throughout:
+
+- qemu-img sees a received file only after :func:`inspect_file` accepted its
+  headers, and then ``qemu-img info`` (under prlimit) must agree.
+- A conversion reads the source and writes ``<temp>/<image>-<job>.<fmt>.partial``;
+  the output is renamed, hashed and published only when complete, and the source
+  is dropped only after the image record points at the new file.
+- On failure or cancel, :func:`settle_failure` removes partial outputs and keeps
+  a verified source as the image's file, so the record always matches the store.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from diskvault.config import Settings
+from diskvault.db.engine import session_scope
+from diskvault.images import files
+from diskvault.images.errors import ShrinkRefused, UnsafeImage
+from diskvault.images.inspect import verify_with_qemu_img
+from diskvault.images.models import Image, ImageStatus
+from diskvault.images.service import (
+    inspect_staged,
+    reject,
+    staged_path,
+    target_for,
+    update_image,
+)
+from diskvault.images.store import ImageStore
+from diskvault.jobs.context import JobContext
+from diskvault.tools import qemu_img
+
+log = structlog.get_logger("diskvault.images")
+
+# Share of a conversion job's progress bar given to qemu-img; the rest is the checksum.
+CONVERT_SHARE = 0.8
+
+
+def _load(settings: Settings, image_id: str) -> Image:
+    with session_scope(settings.DATABASE_URL) as s:
+        image = s.get(Image, image_id)
+        if image is None:
+            raise RuntimeError(f"image {image_id} vanished while its job ran")
+        s.expunge(image)
+        return image
+
+
+def _qemu_format(fmt: str | None) -> str:
+    if fmt is None:
+        raise RuntimeError("the image has no verified format")
+    return "raw" if fmt == "iso" else fmt
+
+
+def ingest(ctx: JobContext, image_id: str) -> dict[str, Any]:
+    """Verify staged bytes, then publish them as they are or convert them to the target."""
+    settings = ctx.settings
+    store = ImageStore(settings)
+    staged = staged_path(settings, image_id)
+    image = _load(settings, image_id)
+    update_image(settings, image_id, job_id=ctx.job_id, status=ImageStatus.PROCESSING)
+    ctx.progress(message="inspecting the image", force=True)
+    try:
+        inspection = inspect_staged(settings, staged, image.details.get("claimed_format"))
+        verify_with_qemu_img(staged, inspection, binary=settings.QEMU_IMG_PATH)
+    except UnsafeImage as exc:
+        reject(settings, image_id, exc)
+        raise
+    sha = image.source_sha256 or files.sha256_file(staged, should_cancel=ctx.should_cancel)
+    common = {
+        "format": inspection.format,
+        "virtual_size": inspection.virtual_size,
+        "sha256": sha,
+        "source_sha256": sha,
+        "file_size": staged.stat().st_size,
+        "actual_size": files.allocated_bytes(staged),
+        "details": {**image.details, "inspection": inspection.details},
+    }
+    target = target_for(settings, image)
+    if inspection.format in (target, "iso"):
+        files.fsync_file(staged)
+        key = store.new_key(image_id, inspection.format)
+        store.publish(staged, key)
+        update_image(
+            settings, image_id, status=ImageStatus.READY, storage_key=key, error=None, **common
+        )
+        return {"image_id": image_id, "format": inspection.format, "converted": False}
+    update_image(settings, image_id, status=ImageStatus.CONVERTING, **common)
+    result = _convert(
+        ctx, store, image_id, staged, inspection.qemu_format, target, inspection.virtual_size
+    )
+    staged.unlink(missing_ok=True)
+    return result
+
+
+def convert(ctx: JobContext, image_id: str, target: str, *, compress: bool) -> dict[str, Any]:
+    """Convert a stored image; the old file is deleted once the new one is recorded."""
+    settings = ctx.settings
+    store = ImageStore(settings)
+    image = _load(settings, image_id)
+    update_image(settings, image_id, job_id=ctx.job_id, status=ImageStatus.CONVERTING)
+    if image.storage_key is None:
+        raise RuntimeError(f"image {image_id} has no stored file to convert")
+    with store.staged(image.storage_key) as src:
+        return _convert(
+            ctx,
+            store,
+            image_id,
+            src,
+            _qemu_format(image.format),
+            target,
+            image.virtual_size or 0,
+            compress=compress,
+        )
+
+
+def _convert(
+    ctx: JobContext,
+    store: ImageStore,
+    image_id: str,
+    src: Path,
+    src_fmt: str,
+    target: str,
+    virtual_size: int,
+    *,
+    compress: bool = False,
+) -> dict[str, Any]:
+    settings = ctx.settings
+    out = ctx.cleanup_on_failure(store.temp_path(f"{image_id}-{ctx.job_id}.{target}"))
+    label = f"converting {src_fmt} to {target}"
+
+    def converted(pct: float) -> None:
+        done = int(virtual_size * pct / 100)
+        # The context drops updates closer than its interval; the last one must land.
+        ctx.progress(
+            done, virtual_size, percent=pct * CONVERT_SHARE, message=label, force=pct >= 100
+        )
+
+    ctx.progress(0, virtual_size, percent=0, message=label, force=True)
+    started = time.monotonic()
+    files.convert_file(
+        src,
+        src_fmt,
+        out,
+        target,
+        binary=settings.QEMU_IMG_PATH,
+        progress=converted,
+        should_cancel=ctx.should_cancel,
+        compress=compress,
+        rate_limit=settings.IMAGE_CONVERT_RATE_LIMIT,
+    )
+    converted_at = time.monotonic()
+    sha = _checksum(ctx, out)
+    timings = {
+        "convert_s": round(converted_at - started, 3),
+        "checksum_s": round(time.monotonic() - converted_at, 3),
+    }
+    info = qemu_img.info(out, target, binary=settings.QEMU_IMG_PATH)
+    values = {
+        "format": target,
+        "virtual_size": int(info["virtual-size"]),
+        "file_size": out.stat().st_size,
+        "actual_size": files.allocated_bytes(out),
+        "sha256": sha,
+    }
+    key = store.new_key(image_id, target)
+    store.publish(out, key)
+    _replace_file(settings, store, image_id, key, values)
+    return {"image_id": image_id, "format": target, "converted": True, "sha256": sha, **timings}
+
+
+def _checksum(ctx: JobContext, path: Path) -> str:
+    size = path.stat().st_size or 1
+    start = 100 * CONVERT_SHARE
+
+    def hashed(done: int) -> None:
+        pct = start + (100 - start) * done / size
+        ctx.progress(done, size, percent=pct, message="computing SHA-256")
+
+    ctx.progress(0, size, percent=start, message="computing SHA-256", force=True)
+    return files.sha256_file(path, progress=hashed, should_cancel=ctx.should_cancel)
+
+
+def _replace_file(
+    settings: Settings, store: ImageStore, image_id: str, key: str, values: dict[str, Any]
+) -> None:
+    """Point the record at the new file, mark it READY, then delete the old file."""
+    with session_scope(settings.DATABASE_URL) as s:
+        image = s.get(Image, image_id)
+        if image is None:  # deleted meanwhile: nothing refers to the new file
+            store.delete(key)
+            return
+        old = image.storage_key
+        for name, value in values.items():
+            setattr(image, name, value)
+        image.storage_key = key
+        image.status = ImageStatus.READY
+        image.error = None
+    if old and old != key:
+        store.delete(old)
+
+
+def resize(ctx: JobContext, image_id: str, size: int, *, force: bool) -> dict[str, Any]:
+    settings = ctx.settings
+    store = ImageStore(settings)
+    image = _load(settings, image_id)
+    update_image(settings, image_id, job_id=ctx.job_id)
+    fmt = _qemu_format(image.format)
+    assert image.storage_key is not None
+    path = store.local_path(image.storage_key)
+    if path is None:
+        work = ctx.cleanup_on_failure(store.temp_path(f"{image_id}-{ctx.job_id}.{fmt}"))
+        path = store.fetch(image.storage_key, work)
+    shrink = size < (image.virtual_size or 0)
+    if shrink:
+        lost = files.data_beyond(path, fmt, size, binary=settings.QEMU_IMG_PATH)
+        if lost or not force:
+            detail = f"{lost} bytes of data lie past the new end" if lost else "force is not set"
+            raise ShrinkRefused(id=image_id, size=size, detail=detail)
+    ctx.progress(message=f"resizing to {size} bytes", force=True)
+    qemu_img.resize(path, fmt, size, shrink=shrink, binary=settings.QEMU_IMG_PATH)
+    # The file changed: its old checksum no longer holds.
+    update_image(settings, image_id, virtual_size=size, sha256=None)
+    values = {
+        "virtual_size": size,
+        "file_size": path.stat().st_size,
+        "actual_size": files.allocated_bytes(path),
+        "sha256": _checksum(ctx, path),
+    }
+    key = image.storage_key
+    if store.local_path(key) is None:
+        key = store.new_key(image_id, fmt)
+        store.publish(path, key)
+    _replace_file(settings, store, image_id, key, values)
+    return {"image_id": image_id, "virtual_size": size}
+
+
+def settle_failure(settings: Settings, job_id: str, params: dict[str, Any], message: str) -> None:
+    """After a failed, cancelled or reaped job: drop partial outputs, keep a verified source.
+
+    Runs in the job on cancel, and from the job system's failure hook otherwise,
+    including when the reaper finds the worker died (then in another process).
+    """
+    image_id = params.get("image_id")
+    if not image_id:
+        return
+    store = ImageStore(settings)
+    for leftover in settings.temp_dir.glob(f"{image_id}-{job_id}*"):
+        leftover.unlink(missing_ok=True)
+    with session_scope(settings.DATABASE_URL) as s:
+        image = s.get(Image, image_id)
+        if image is None or (image.job_id and image.job_id != job_id):
+            return  # a newer job owns the image now
+        what = "processing"
+        if image.status == ImageStatus.CONVERTING:
+            what = f"conversion to {params.get('target_format') or target_for(settings, image)}"
+        elif "size" in params:
+            what = f"resize to {params['size']} bytes"
+        staged = staged_path(settings, image_id)
+        if staged.exists() and image.storage_key is None and image.format is not None:
+            try:
+                files.fsync_file(staged)
+                key = store.new_key(image_id, image.format)
+                store.publish(staged, key)
+                image.storage_key = key
+            except Exception:
+                log.exception("could not keep the source of a failed image", image_id=image_id)
+        staged.unlink(missing_ok=True)
+        status = ImageStatus(params.get("failure_status") or ImageStatus.ERROR)
+        if image.storage_key is None:
+            status = ImageStatus.ERROR
+        image.status = status
+        image.error = f"{what} failed: {message}"
+        if image.storage_key and status == ImageStatus.ERROR:
+            image.error += f"; the {image.format} source is kept, POST .../convert to retry"
+    log.warning("image job failed", image_id=image_id, job_id=job_id, error=message)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from diskvault.images.models import ImageStatus, ImageType
+
+TargetFormat = Literal["raw", "qcow2", "vmdk", "vhdx"]
+AutoTarget = Literal["raw", "qcow2"]
+
+
+class ImageOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    image_type: ImageType
+    status: ImageStatus
+    error: str | None
+    format: str | None
+    target_format: str | None
+    virtual_size: int | None
+    actual_size: int | None
+    file_size: int | None
+    sha256: str | None
+    source_sha256: str | None
+    source: str | None
+    details: dict[str, Any]
+    owner: str | None
+    job_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ImageImport(BaseModel):
+    path: str | None = Field(
+        default=None, max_length=4096, description="a file inside IMPORT_ROOTS"
+    )
+    url: str | None = Field(default=None, max_length=4096, description="an http(s) URL")
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    image_type: ImageType = ImageType.system
+    format: str | None = Field(default=None, max_length=16, description="the declared format")
+    target_format: AutoTarget | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageImport:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give exactly one of path or url")
+        return self
+
+
+class ConvertRequest(BaseModel):
+    target_format: TargetFormat
+    compress: bool = Field(default=False, description="qcow2 only: compressed clusters")
+
+
+class ResizeRequest(BaseModel):
+    size: int = Field(gt=0, description="new virtual size in bytes, a multiple of 512")
+    force: bool = Field(default=False, description="allow shrinking when the data fits")
+
+    @model_validator(mode="after")
+    def _aligned(self) -> ResizeRequest:
+        if self.size % 512:
+            raise ValueError("size must be a multiple of 512 bytes")
+        return self
+
+
+class ConversionStatus(BaseModel):
+    image_id: str
+    status: ImageStatus
+    format: str | None
+    target_format: str | None
+    error: str | None
+    job_id: str | None
+    job_kind: str | None = None
+    job_status: str | None = None
+    percent: float = 0.0
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    rate_bytes_per_s: float | None = None
+    eta_s: float | None = None
+    message: str | None = None

@@ -1,0 +1,411 @@
+"""Image library rules on the request side: records, state changes, jobs, deletion.
+
+The work itself (inspection, conversion, checksums) runs in jobs: see
+:mod:`diskvault.images.pipeline`.
+
+Other domains that reference images register a usage check with
+:func:`register_usage_check`; ``DELETE /images/{id}`` is refused with 409 while
+any check reports a use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from diskvault.api.pagination import PageParams, paginate
+from diskvault.config import Settings
+from diskvault.db.engine import session_scope, updated_rows
+from diskvault.images import files
+from diskvault.images.errors import (
+    ImageBusy,
+    ImageInUse,
+    ImageNotFound,
+    InvalidUpload,
+    ShrinkRefused,
+    UnsafeImage,
+)
+from diskvault.images.inspect import Inspection, inspect_file
+from diskvault.images.models import Image, ImageStatus, ImageType
+from diskvault.images.store import ImageStore
+from diskvault.jobs import service as jobs
+from diskvault.jobs.models import Job
+
+log = structlog.get_logger("diskvault.images")
+
+UsageCheck = Callable[[Session, str], str | None]
+_USAGE_CHECKS: list[UsageCheck] = []
+
+STALE_UPLOAD_S = 300.0
+
+
+def register_usage_check(fn: UsageCheck) -> UsageCheck:
+    """Register ``fn(session, image_id) -> reason or None``; usable as a decorator."""
+    if fn not in _USAGE_CHECKS:
+        _USAGE_CHECKS.append(fn)
+    return fn
+
+
+def usage(session: Session, image_id: str) -> str | None:
+    """The first use a registered check reports; a check that fails counts as a use."""
+    for check in _USAGE_CHECKS:
+        try:
+            reason = check(session, image_id)
+        except Exception as exc:
+            session.rollback()
+            log.exception("image usage check failed", check=check.__qualname__)
+            return f"{check.__module__} could not tell ({type(exc).__name__}), so it may be"
+        if reason:
+            return reason
+    return None
+
+
+# -- paths and limits ---------------------------------------------------------
+
+
+def staged_path(settings: Settings, image_id: str) -> Path:
+    """Where an image's received bytes wait for inspection and conversion."""
+    return settings.temp_dir / f"{image_id}.source"
+
+
+def partial_path(settings: Settings, image_id: str) -> Path:
+    """Where an upload or import writes until all its bytes have arrived."""
+    return settings.temp_dir / f"{image_id}.source.partial"
+
+
+def max_file_bytes(settings: Settings) -> int:
+    """The largest file that could hold an image under the virtual size limit."""
+    return settings.MAX_VIRTUAL_SIZE + settings.MAX_VIRTUAL_SIZE // 100 + 64 * 1024 * 1024
+
+
+def target_for(settings: Settings, image: Image) -> str:
+    return image.target_format or settings.DEFAULT_TARGET_FORMAT
+
+
+def job_node(settings: Settings, *, staged: bool) -> str | None:
+    """Staged bytes and a local store live on this node, so their jobs must run here."""
+    if staged or not settings.IMAGE_STORE_URL:
+        return settings.NODE
+    return None
+
+
+# -- reading ------------------------------------------------------------------
+
+
+def get(session: Session, image_id: str) -> Image:
+    image = session.get(Image, image_id)
+    if image is None:
+        raise ImageNotFound(id=image_id)
+    return image
+
+
+def list_images(
+    session: Session,
+    params: PageParams,
+    *,
+    status: ImageStatus | None = None,
+    fmt: str | None = None,
+    image_type: ImageType | None = None,
+) -> tuple[list[Image], int]:
+    stmt = select(Image).order_by(Image.created_at.desc(), Image.id)
+    if status is not None:
+        stmt = stmt.where(Image.status == status)
+    if fmt:
+        stmt = stmt.where(Image.format == fmt)
+    if image_type is not None:
+        stmt = stmt.where(Image.image_type == image_type)
+    return paginate(session, stmt, params)
+
+
+def conversion_status(session: Session, image_id: str) -> dict[str, Any]:
+    image = get(session, image_id)
+    body: dict[str, Any] = {
+        "image_id": image.id,
+        "status": image.status,
+        "format": image.format,
+        "target_format": image.target_format,
+        "error": image.error,
+        "job_id": image.job_id,
+    }
+    job = session.get(Job, image.job_id) if image.job_id else None
+    if job is not None:
+        body.update(
+            job_kind=job.kind,
+            job_status=job.status.value,
+            percent=job.percent,
+            bytes_done=job.bytes_done,
+            bytes_total=job.bytes_total,
+            rate_bytes_per_s=job.rate_bytes_per_s,
+            eta_s=job.eta_s,
+            message=job.message,
+        )
+    return body
+
+
+# -- writing ------------------------------------------------------------------
+
+
+def update_image(settings: Settings, image_id: str, **values: Any) -> None:
+    with session_scope(settings.DATABASE_URL) as s:
+        s.execute(update(Image).where(Image.id == image_id).values(**values))
+
+
+def create(
+    session: Session,
+    settings: Settings,
+    *,
+    name: str,
+    owner: str | None,
+    source: str,
+    image_type: ImageType = ImageType.system,
+    target_format: str | None = None,
+    claimed_format: str | None = None,
+) -> Image:
+    image = Image(
+        name=name,
+        image_type=image_type,
+        owner=owner,
+        source=source,
+        target_format=target_format,
+        status=ImageStatus.UPLOADING,
+        details={"node": settings.NODE, "claimed_format": claimed_format},
+    )
+    session.add(image)
+    session.commit()
+    return image
+
+
+def inspect_staged(settings: Settings, path: Path, claimed: str | None) -> Inspection:
+    return inspect_file(path, claimed_format=claimed, max_virtual_size=settings.MAX_VIRTUAL_SIZE)
+
+
+def reject(
+    settings: Settings, image_id: str, error: Exception, *, reason: str | None = None
+) -> None:
+    """The received bytes are unusable: delete them and record why."""
+    staged_path(settings, image_id).unlink(missing_ok=True)
+    message = getattr(error, "message", str(error))
+    with session_scope(settings.DATABASE_URL) as s:
+        image = s.get(Image, image_id)
+        if image is None:
+            return
+        image.status = ImageStatus.ERROR
+        image.error = message
+        image.details = {**image.details, "reason": reason or getattr(error, "reason", None)}
+
+
+def accept_upload(
+    settings: Settings,
+    image_id: str,
+    partial: Path,
+    *,
+    fields: dict[str, str],
+    filename: str | None,
+    size: int,
+    sha256: str,
+) -> Image:
+    """The bytes have landed: validate the form, inspect the headers, start processing.
+
+    Raises :class:`UnsafeImage` (422) with the image left in ERROR and the bytes deleted.
+    """
+    staged = staged_path(settings, image_id)
+    os.replace(partial, staged)
+    try:
+        image_type = ImageType(fields.get("image_type") or ImageType.system.value)
+    except ValueError:
+        err = InvalidUpload(f"image_type {fields.get('image_type')!r} is not system, game or data")
+        reject(settings, image_id, err, reason="invalid-field")
+        raise err from None
+    target = fields.get("target_format") or None
+    if target not in (None, "raw", "qcow2"):
+        err = InvalidUpload(f"target_format {target!r} is not raw or qcow2")
+        reject(settings, image_id, err, reason="invalid-field")
+        raise err
+    with session_scope(settings.DATABASE_URL) as s:
+        image = get(s, image_id)
+        image.name = (fields.get("name") or image.name or filename or "upload")[:200]
+        image.image_type = image_type
+        image.target_format = target or image.target_format
+        image.source_sha256 = sha256
+        image.file_size = size
+        claimed = fields.get("format") or image.details.get("claimed_format")
+        image.details = {**image.details, "claimed_format": claimed, "filename": filename}
+    return start_processing(settings, image_id, claimed)
+
+
+def start_processing(settings: Settings, image_id: str, claimed: str | None) -> Image:
+    """Inspect the staged bytes (headers only), then queue verification and conversion."""
+    staged = staged_path(settings, image_id)
+    try:
+        inspection = inspect_staged(settings, staged, claimed)
+    except UnsafeImage as exc:
+        reject(settings, image_id, exc)
+        exc.fields["image_id"] = image_id
+        raise
+    with session_scope(settings.DATABASE_URL) as s:
+        image = get(s, image_id)
+        image.status = ImageStatus.PROCESSING
+        image.virtual_size = inspection.virtual_size
+        image.details = {**image.details, "detected_format": inspection.format}
+        job = jobs.submit(
+            settings,
+            "image-process",
+            {"image_id": image_id},
+            node=job_node(settings, staged=True),
+            owner=image.owner,
+            session=s,
+        )
+        image.job_id = job.id
+    with session_scope(settings.DATABASE_URL) as s:
+        image = get(s, image_id)
+        s.expunge(image)
+        return image
+
+
+def _claim(session: Session, image_id: str, to: ImageStatus, action: str) -> Image:
+    """READY (or, to retry a conversion, a stored ERROR image) -> ``to``, atomically."""
+    image = get(session, image_id)
+    allowed = [ImageStatus.READY]
+    if to == ImageStatus.CONVERTING:
+        allowed.append(ImageStatus.ERROR)
+    claimed = updated_rows(
+        session,
+        update(Image)
+        .where(Image.id == image_id, Image.status.in_(allowed), Image.storage_key.is_not(None))
+        .values(status=to),
+    )
+    if not claimed:
+        session.rollback()
+        raise ImageBusy(
+            id=image_id,
+            status=image.status.value,
+            detail=f"only a READY image with a stored file can be {action}; "
+            "wait for its job or look at its error",
+        )
+    session.refresh(image)
+    return image
+
+
+def request_convert(
+    settings: Settings,
+    session: Session,
+    image_id: str,
+    target_format: str,
+    *,
+    compress: bool = False,
+    owner: str | None,
+) -> Image:
+    image = get(session, image_id)
+    if image.format == target_format and image.status == ImageStatus.READY and not compress:
+        raise ImageBusy(
+            id=image_id, status=image.status.value, detail=f"it is already {target_format}"
+        )
+    if image.format == "iso":
+        raise ImageBusy(
+            id=image_id, status=image.status.value, detail="ISO images are not converted"
+        )
+    previous = image.status
+    image = _claim(session, image_id, ImageStatus.CONVERTING, "converted")
+    params = {
+        "image_id": image_id,
+        "target_format": target_format,
+        "compress": compress,
+        "failure_status": previous.value,
+    }
+    job = jobs.submit(
+        settings,
+        "image-convert",
+        params,
+        node=job_node(settings, staged=False),
+        owner=owner,
+        session=session,
+    )
+    image.job_id = job.id
+    session.commit()
+    return image
+
+
+def check_resize(settings: Settings, image: Image, size: int, force: bool) -> None:
+    """Refuse what cannot work; the shrink data check runs here when the file is local."""
+    if image.format not in files.RESIZABLE:
+        raise ShrinkRefused(
+            id=image.id,
+            size=size,
+            detail=f"{image.format} images cannot be resized; convert to raw or qcow2 first",
+        )
+    if size > settings.MAX_VIRTUAL_SIZE:
+        raise ShrinkRefused(
+            id=image.id, size=size, detail=f"over the {settings.MAX_VIRTUAL_SIZE}-byte limit"
+        )
+    current = image.virtual_size or 0
+    if size >= current:
+        return
+    if not force:
+        raise ShrinkRefused(
+            id=image.id,
+            size=size,
+            detail=f"it is {current} bytes; shrinking can lose data, pass force=true if the "
+            "data fits",
+        )
+    path = ImageStore(settings).local_path(image.storage_key) if image.storage_key else None
+    if path is not None and image.format is not None:
+        lost = files.data_beyond(path, image.format, size, binary=settings.QEMU_IMG_PATH)
+        if lost:
+            raise ShrinkRefused(
+                id=image.id, size=size, detail=f"{lost} bytes of data lie past the new end"
+            )
+
+
+def request_resize(
+    settings: Settings,
+    session: Session,
+    image_id: str,
+    size: int,
+    *,
+    force: bool,
+    owner: str | None,
+) -> Image:
+    image = get(session, image_id)
+    if image.status != ImageStatus.READY:
+        raise ImageBusy(id=image_id, status=image.status.value, detail="only READY images resize")
+    check_resize(settings, image, size, force)
+    image = _claim(session, image_id, ImageStatus.PROCESSING, "resized")
+    params = {"image_id": image_id, "size": size, "force": force, "failure_status": "READY"}
+    job = jobs.submit(
+        settings,
+        "image-resize",
+        params,
+        node=job_node(settings, staged=False),
+        owner=owner,
+        session=session,
+    )
+    image.job_id = job.id
+    session.commit()
+    return image
+
+
+def delete(settings: Settings, session: Session, image_id: str) -> None:
+    image = get(session, image_id)
+    if image.status.busy:
+        raise ImageBusy(
+            id=image_id,
+            status=image.status.value,
+            detail=f"cancel its job first (POST /api/v1/jobs/{image.job_id}/cancel)"
+            if image.job_id
+            else "wait for the upload to finish",
+        )
+    if reason := usage(session, image_id):
+        raise ImageInUse(id=image_id, detail=reason)
+    if image.storage_key:
+        ImageStore(settings).delete(image.storage_key)
+    for leftover in settings.temp_dir.glob(f"{image_id}*"):
+        leftover.unlink(missing_ok=True)
+    session.delete(image)
+    session.commit()
+    log.info("image deleted", image_id=image_id)

@@ -1,0 +1,228 @@
+"""Streaming multipart upload: the file part goes to disk, hashed on the way, in constant memory.
+
+Starlette's ``request.form()`` spools the file to a temporary file first (a
+second copy). Here ``python_multipart``'s streaming parser runs on
+``request.stream()`` and file bytes are copied into one of two large buffers;
+a full buffer is written and hashed in a worker thread while the event loop
+fills the other, so the network, the hash and the disk overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from diskvault.images.errors import InvalidUpload, UploadTooLarge
+from diskvault.storage.base import os_errors
+
+MiB = 1024 * 1024
+BATCH = 8 * MiB
+MAX_FIELDS_BYTES = 64 * 1024
+FILE_FIELD = "file"
+# Zero blocks of this size are not written: a sparse source stays sparse in TEMP_STORAGE_PATH.
+SPARSE_BLOCK = 64 * 1024
+_ZERO_BLOCK = bytes(SPARSE_BLOCK)
+
+
+@dataclass
+class Received:
+    fields: dict[str, str]
+    filename: str | None
+    size: int
+    sha256: str
+
+
+@dataclass
+class _Part:
+    headers: dict[str, str] = field(default_factory=dict)
+    name: str = ""
+    filename: str | None = None
+    value: bytearray = field(default_factory=bytearray)
+
+
+def _write_sparse(fd: int, buf: bytearray, n: int, offset: int) -> None:
+    """Write ``buf[:n]`` at ``offset``, skipping all-zero blocks (left as holes)."""
+    view = memoryview(buf)[:n]
+    run = None  # start of the pending run of non-zero blocks
+    for start in range(0, n + SPARSE_BLOCK, SPARSE_BLOCK):
+        zero = start >= n or (start + SPARSE_BLOCK <= n and buf.startswith(_ZERO_BLOCK, start))
+        if not zero and run is None:
+            run = start
+        elif zero and run is not None:
+            _pwrite_all(fd, view[run : min(start, n)], offset + run)
+            run = None
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+class _Sink:
+    """Double-buffered: the event loop fills one buffer while the other is hashed and written."""
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self._buf = bytearray(BATCH)
+        self._spare = bytearray(BATCH)
+        self._n = 0
+        self._written = 0
+        self._inflight: list[asyncio.Future[None]] = []
+
+    async def feed(self, data: memoryview) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise UploadTooLarge(size=f"over {self.limit}", limit=self.limit)
+        while data:
+            k = min(len(data), BATCH - self._n)
+            self._buf[self._n : self._n + k] = data[:k]
+            self._n += k
+            data = data[k:]
+            if self._n == BATCH:
+                await self.flush()
+
+    async def flush(self) -> None:
+        await self.settle()
+        if not self._n:
+            return
+        loop = asyncio.get_running_loop()
+        # Hash and write in two threads at once (both release the GIL); one batch in flight
+        # keeps the hash sequential.
+        view = memoryview(self._buf)[: self._n]
+        self._inflight = [
+            loop.run_in_executor(None, self.hasher.update, view),
+            loop.run_in_executor(None, _write_sparse, self.fd, self._buf, self._n, self._written),
+        ]
+        self._written += self._n
+        self._buf, self._spare, self._n = self._spare, self._buf, 0
+
+    async def abandon(self) -> None:
+        """Wait for the batch in flight and drop its outcome: the upload failed already."""
+        inflight, self._inflight = self._inflight, []
+        if inflight:
+            await asyncio.wait(inflight)
+            for future in inflight:
+                if not future.cancelled():
+                    future.exception()
+
+    async def settle(self) -> None:
+        """Wait for the batch in flight, raising its error."""
+        inflight, self._inflight = self._inflight, []
+        if inflight:
+            await asyncio.wait(inflight)
+            for future in inflight:
+                future.result()
+
+
+class _Form:
+    """Parser callbacks; file data is queued and fed to the sink after each chunk."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.parts: list[_Part] = []
+        self.pending: list[memoryview] = []
+        self.file_part: _Part | None = None
+        self.field_bytes = 0
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        callbacks: Any = {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._header_name.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+        }
+        self.parser = MultipartParser(boundary, callbacks)
+
+    @property
+    def part(self) -> _Part:
+        return self.parts[-1]
+
+    def _part_begin(self) -> None:
+        self.parts.append(_Part())
+
+    def _header_end(self) -> None:
+        name = self._header_name.decode("latin-1").strip().lower()
+        self.part.headers[name] = self._header_value.decode("utf-8", "replace").strip()
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self.part.headers.get("content-disposition", ""))
+        self.part.name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        self.part.filename = filename.decode("utf-8", "replace") if filename is not None else None
+        if self.part.name == FILE_FIELD:
+            if self.file_part is not None:
+                raise InvalidUpload("send exactly one 'file' part")
+            self.file_part = self.part
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.part is self.file_part:
+            self.pending.append(memoryview(data)[start:end])
+            return
+        self.field_bytes += end - start
+        if self.field_bytes > MAX_FIELDS_BYTES:
+            raise InvalidUpload(f"form fields exceed {MAX_FIELDS_BYTES} bytes")
+        self.part.value.extend(data[start:end])
+
+
+def boundary_of(content_type: str) -> bytes:
+    ctype, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise InvalidUpload("send multipart/form-data with a 'file' part (curl -F file=@disk.vhdx)")
+    return boundary
+
+
+async def receive(
+    chunks: AsyncIterator[bytes], content_type: str, dest: Path, *, limit: int
+) -> Received:
+    """Parse a multipart body from ``chunks``, writing the ``file`` part to ``dest``.
+
+    ``dest`` is created (never overwritten) and removed again on any error.
+    """
+    form = _Form(boundary_of(content_type))
+    with os_errors(dest.name, "TEMP_STORAGE_PATH"):
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    sink = _Sink(fd, limit)
+    try:
+        with os_errors(dest.name, "TEMP_STORAGE_PATH"):
+            async for chunk in chunks:
+                try:
+                    form.parser.write(chunk)
+                except InvalidUpload:
+                    raise
+                except Exception as exc:  # the parser's own errors: a malformed body
+                    raise InvalidUpload(f"malformed multipart body: {exc}") from exc
+                for view in form.pending:
+                    await sink.feed(view)
+                form.pending.clear()
+            form.parser.finalize()
+            await sink.flush()
+            await sink.settle()
+            os.ftruncate(fd, sink.size)
+    except BaseException:
+        await sink.abandon()
+        os.close(fd)
+        dest.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    if form.file_part is None:
+        dest.unlink(missing_ok=True)
+        raise InvalidUpload("the form has no 'file' part")
+    fields = {
+        p.name: p.value.decode("utf-8", "replace") for p in form.parts if p is not form.file_part
+    }
+    return Received(fields, form.file_part.filename, sink.size, sink.hasher.hexdigest())

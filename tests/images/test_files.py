@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from diskvault.images.errors import InsufficientSpace
+from diskvault.images.files import (
+    allocated_bytes,
+    convert_file,
+    copy_sparse,
+    sha256_file,
+    space_needed,
+)
+from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools.process import Cancelled
+from support.images_util import MiB, expected_raw, patterned
+
+
+def _sparse_file(path: Path) -> Path:
+    with open(path, "wb") as fh:
+        fh.truncate(10 * MiB + 123)
+        fh.seek(3 * MiB)
+        fh.write(os.urandom(MiB + 7))
+        fh.seek(9 * MiB)
+        fh.write(b"tail data")
+    return path
+
+
+def test_sha256_skips_holes_but_hashes_them_as_zeros(tmp_path: Path) -> None:
+    path = _sparse_file(tmp_path / "sparse.bin")
+    seen: list[int] = []
+    assert sha256_file(path, progress=seen.append) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert seen == sorted(seen) and seen[-1] == path.stat().st_size
+
+
+def test_sha256_of_a_file_that_is_only_a_hole(tmp_path: Path) -> None:
+    path = tmp_path / "hole.bin"
+    with open(path, "wb") as fh:
+        fh.truncate(3 * MiB + 1)
+    assert sha256_file(path) == hashlib.sha256(bytes(3 * MiB + 1)).hexdigest()
+
+
+def test_sha256_can_be_cancelled(tmp_path: Path) -> None:
+    with pytest.raises(Cancelled):
+        sha256_file(_sparse_file(tmp_path / "x.bin"), should_cancel=lambda: True)
+
+
+def test_copy_sparse_keeps_content_and_holes(tmp_path: Path) -> None:
+    src = _sparse_file(tmp_path / "src.bin")
+    dst = tmp_path / "dst.bin"
+    copy_sparse(src, dst)
+    assert dst.read_bytes() == src.read_bytes()
+    assert allocated_bytes(dst) < 3 * MiB
+    assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("target", ["raw", "qcow2", "vmdk", "vhdx"])
+def test_convert_is_sparse_exact_and_leaves_no_partial(tmp_path: Path, target: str) -> None:
+    src = patterned(tmp_path / "src.qcow2", "qcow2")
+    out = tmp_path / f"out.{target}"
+    percents: list[float] = []
+    convert_file(src, "qcow2", out, target, progress=percents.append)
+    assert qemu_img.compare(out, expected_raw(tmp_path / "expected.raw"), target, "raw")
+    assert percents and percents[-1] == 100.0
+    assert not list(tmp_path.glob("*.partial"))
+    if target == "raw":
+        assert allocated_bytes(out) < 2 * MiB < out.stat().st_size
+
+
+def test_convert_failure_and_cancel_leave_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src.qcow2"
+    qemu_img.create(src, "qcow2", 16 * MiB)
+    qemu_io.write_pattern(src, "qcow2", 0, 8 * MiB, 0x33)  # 8 s at the 1 MiB/s rate limit
+    out = tmp_path / "out.raw"
+    with pytest.raises(Cancelled):
+        convert_file(src, "qcow2", out, "raw", rate_limit=MiB, should_cancel=lambda: True)
+    with pytest.raises(qemu_img.QemuImgError):
+        convert_file(src, "qcow2", out, "raw", options={"no_such_option": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.qcow2"]
+
+
+def test_space_needed_counts_data_not_virtual_size(tmp_path: Path) -> None:
+    src = tmp_path / "big.qcow2"
+    qemu_img.create(src, "qcow2", 1024 * MiB)
+    qemu_io.write_pattern(src, "qcow2", 0, 2 * MiB, 0x11)
+    assert 2 * MiB <= space_needed(src, "qcow2", "raw", binary="qemu-img") < 3 * MiB
+    assert 2 * MiB <= space_needed(src, "qcow2", "qcow2", binary="qemu-img") < 4 * MiB
+    assert space_needed(src, "qcow2", "vhdx", binary="qemu-img") > 2 * MiB
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], timeout=30, check=True)
+
+
+def test_convert_fails_early_when_the_output_cannot_fit(tmp_path: Path, small_fs: Path) -> None:
+    src = tmp_path / "src.qcow2"
+    qemu_img.create(src, "qcow2", 64 * MiB)
+    qemu_io.write_pattern(src, "qcow2", 0, 6 * MiB, 0x22)
+    with pytest.raises(InsufficientSpace) as info:
+        convert_file(src, "qcow2", small_fs / "out.raw", "raw")
+    assert info.value.status == 507
+    assert "needs" in info.value.message and "free" in info.value.message
+    assert list(small_fs.iterdir()) == []
