@@ -51,6 +51,11 @@ def test_usage_checks_block_delete_until_released(db: Settings) -> None:
             assert service.usage(s, image_id) == "machine m1 boots it"
             with pytest.raises(ImageInUse, match="machine m1 boots it"):
                 service.delete(db, s, image_id)
+            # convert and resize replace the file its users read
+            with pytest.raises(ImageInUse):
+                service.request_convert(db, s, image_id, "qcow2", owner="admin")
+            with pytest.raises(ImageInUse):
+                service.request_resize(db, s, image_id, 1 << 30, force=False, owner="admin")
         users.clear()
         with session_scope(db.DATABASE_URL) as s:
             service.delete(db, s, image_id)

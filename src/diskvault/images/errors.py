@@ -74,7 +74,7 @@ class ImageBusy(Conflict):
 
 
 class ImageInUse(Conflict):
-    template = "image {id} is in use: {detail}; remove that use first, then delete the image"
+    template = "image {id} is in use: {detail}; remove that use first, then retry"
     title = "Image in use"
 
 

@@ -52,6 +52,13 @@ def register_usage_check(fn: UsageCheck) -> UsageCheck:
     return fn
 
 
+def refuse_if_used(session: Session, image_id: str) -> None:
+    """Convert, resize and delete replace or remove the file that targets, machines'
+    overlays and backups read, so they wait until nothing uses the image (409)."""
+    if reason := usage(session, image_id):
+        raise ImageInUse(id=image_id, detail=reason)
+
+
 def usage(session: Session, image_id: str) -> str | None:
     """The first use a registered check reports; a check that fails counts as a use."""
     for check in _USAGE_CHECKS:
@@ -302,6 +309,7 @@ def request_convert(
     owner: str | None,
 ) -> Image:
     image = get(session, image_id)
+    refuse_if_used(session, image_id)
     if image.format == target_format and image.status == ImageStatus.READY and not compress:
         raise ImageBusy(
             id=image_id, status=image.status.value, detail=f"it is already {target_format}"
@@ -374,6 +382,7 @@ def request_resize(
     image = get(session, image_id)
     if image.status != ImageStatus.READY:
         raise ImageBusy(id=image_id, status=image.status.value, detail="only READY images resize")
+    refuse_if_used(session, image_id)
     check_resize(settings, image, size, force)
     image = _claim(session, image_id, ImageStatus.PROCESSING, "resized")
     params = {"image_id": image_id, "size": size, "force": force, "failure_status": "READY"}
@@ -400,8 +409,7 @@ def delete(settings: Settings, session: Session, image_id: str) -> None:
             if image.job_id
             else "wait for the upload to finish",
         )
-    if reason := usage(session, image_id):
-        raise ImageInUse(id=image_id, detail=reason)
+    refuse_if_used(session, image_id)
     if image.storage_key:
         ImageStore(settings).delete(image.storage_key)
     for leftover in settings.temp_dir.glob(f"{image_id}*"):

@@ -34,6 +34,7 @@ class JobContext:
         self._last_write = 0.0
         self._rate: float | None = None
         self._last_sample: tuple[float, int] | None = None
+        self._pending: tuple[int | None, int | None, float | None, str | None] | None = None
         self._heartbeat = threading.Thread(target=self._beat, daemon=True, name=f"hb-{job_id}")
 
     # -- lifecycle (runner) -------------------------------------------------
@@ -110,7 +111,9 @@ class JobContext:
     ) -> None:
         now = time.monotonic()
         if not force and now - self._last_write < PROGRESS_INTERVAL_S:
+            self._pending = (bytes_done, bytes_total, percent, message)
             return
+        self._pending = None
         values: dict[str, Any] = {}
         if bytes_total is not None:
             values["bytes_total"] = bytes_total
@@ -131,6 +134,12 @@ class JobContext:
         self._last_write = now
         with session_scope(self.settings.DATABASE_URL) as s:
             s.execute(update(Job).where(Job.id == self.job_id).values(**values))
+
+    def flush_progress(self) -> None:
+        """Write the last update the throttle held back (the runner calls this at the end)."""
+        if self._pending is not None:
+            done, total, percent, message = self._pending
+            self.progress(done, total, percent=percent, message=message, force=True)
 
     def _update_rate(self, now: float, done: int) -> None:
         if self._last_sample is not None:

@@ -78,7 +78,10 @@ def run_job(settings: Settings, job_id: str) -> None:
         log.info("job started", attempt=job.attempts)
         ctx.start_heartbeat()
         try:
-            result = kind.handler(ctx)
+            try:
+                result = kind.handler(ctx)
+            finally:
+                ctx.flush_progress()
         except Cancelled:
             ctx.run_cleanups()
             finish(settings, job_id, JobStatus.cancelled, error="cancelled by request")
