@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.tree import Tree
 
+from diskvault.cli import restore as _restore_cli
 from diskvault.cli.client import Client
 from diskvault.cli.common import console, human_bytes, print_table
 from diskvault.cli.progress import watch
@@ -423,3 +424,7 @@ def source_list() -> None:
     page = Client().get("/api/v1/sources")
     rows = [(s["name"], s["kind"], s["config"]) for s in page["items"]]
     print_table("sources", ["name", "kind", "config"], rows)
+
+
+# File-level restore lives in its own domain; its verbs also belong under `backup`.
+_restore_cli.register(app)

@@ -24,7 +24,13 @@ from diskvault.tools.process import ToolError, run
 
 SECTOR = 512
 SAFE_OPTIONS = "ro,nosuid,nodev,noexec"
-KERNEL_OPTIONS = {"ext2": ",noload", "ext3": ",noload", "ext4": ",noload", "xfs": ",norecovery"}
+# xfs nouuid: two restore points of one disk (or two mounts of one point) share a UUID.
+KERNEL_OPTIONS = {
+    "ext2": ",noload",
+    "ext3": ",noload",
+    "ext4": ",noload",
+    "xfs": ",norecovery,nouuid",
+}
 ENCRYPTED = {"crypto_LUKS": "LUKS", "BitLocker": "BitLocker", "VeraCrypt": "VeraCrypt"}
 TIMEOUT = 30.0
 
