@@ -6,7 +6,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,17 +20,14 @@ from diskvault.domains import optional_module
 from diskvault.targets import service
 from diskvault.targets.models import Target
 from diskvault.tools.tgt import MAX_CONTROL_PORT, SOCKET_DIR
+from support.server import free_port
 
 MiB = 1024 * 1024
 INITIATOR = "iqn.2024-01.com.example:pc-a"
 OTHER_INITIATOR = "iqn.2024-01.com.example:pc-b"
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+free_tcp_port = free_port
 
 
 def free_control_port() -> int:

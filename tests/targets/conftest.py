@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,27 +12,12 @@ import pytest
 from diskvault.targets.backends import TgtBackend
 from diskvault.targets.errors import TargetNotFound
 from diskvault.targets.iqn import make_iqn
-from diskvault.tools.tgt import MAX_CONTROL_PORT, SOCKET_DIR, TgtdServer
+from diskvault.tools.tgt import TgtdServer
+from support.targets_tgtd import free_control_port, free_tcp_port
 
 MiB = 1024 * 1024
 INITIATOR = "iqn.2024-01.com.example:initiator-a"
 OTHER_INITIATOR = "iqn.2024-01.com.example:initiator-b"
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def free_control_port() -> int:
-    """A tgtd control port no other tgtd (e.g. the system one on 0) is using."""
-    rng = random.SystemRandom()
-    while True:
-        port = rng.randrange(1000, MAX_CONTROL_PORT + 1)
-        if not (SOCKET_DIR / f"socket.{port}").exists():
-            return port
 
 
 @pytest.fixture(scope="session")

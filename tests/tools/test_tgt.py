@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,24 +21,10 @@ from diskvault.tools.tgt import (
     TgtStillActive,
     parse_targets,
 )
+from support.targets_tgtd import free_control_port, free_tcp_port
 
 IQN = "iqn.2024-01.com.example:tools-tgt"
 INITIATOR = "iqn.2024-01.com.example:tools-initiator"
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def free_control_port() -> int:
-    rng = random.SystemRandom()
-    while True:
-        port = rng.randrange(1000, MAX_CONTROL_PORT + 1)
-        if not (SOCKET_DIR / f"socket.{port}").exists():
-            return port
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ then advances (commit) or leaves (close without commit) its change tracking."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,3 +108,26 @@ def create_target(target: Path, plan: Plan, previous: Previous | None, binary: s
 def disk_list(config: dict[str, Any], key: str) -> list[dict[str, Any]]:
     """``disks`` as a list of dicts; a bare string becomes ``{key: value}``."""
     return [d if isinstance(d, dict) else {key: d} for d in config.get("disks", [])]
+
+
+class PathDisks:
+    """Sources whose disks are files or devices on this host, given by absolute path."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        self.name = name
+        self.paths = [Path(d["path"]) for d in disk_list(config, "path")]
+
+    @classmethod
+    def validate(cls, config: dict[str, Any]) -> dict[str, Any]:
+        from diskvault.backups.errors import InvalidSource
+
+        disks = disk_list({"disks": config.get("disks") or [config.get("path")]}, "path")
+        paths = [str(d.get("path") or "") for d in disks]
+        if not paths or not all(os.path.isabs(p) for p in paths):
+            raise InvalidSource(kind=cls.kind, detail="give 'disks': absolute paths")
+        return {"disks": [{"path": p} for p in paths]}
+
+    def disk_count(self) -> int:
+        return len(self.paths)

@@ -11,21 +11,20 @@ the previous bitmap covering every change since the last successful backup.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diskvault.backups.errors import InvalidSource, SourceUnavailable
+from diskvault.backups.errors import SourceUnavailable
 from diskvault.backups.sources.base import (
     MARKER_PREFIX,
     Copied,
     Kind,
+    PathDisks,
     Plan,
     Previous,
     RunOptions,
     create_target,
-    disk_list,
     tracking_name,
 )
 from diskvault.backups.sources.daemon import JOB_PREFIX, TARGET_PREFIX, start_daemon
@@ -158,25 +157,10 @@ class BitmapSession:
             self.client.close()
 
 
-class Qcow2Source:
+class Qcow2Source(PathDisks):
     """``{"disks": ["/vm/disk0.qcow2", ...]}`` (or ``"path"``): images not open elsewhere."""
 
     kind: ClassVar[str] = "qcow2"
-
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
-        self.name = name
-        self.paths = [Path(d["path"]) for d in disk_list(config, "path")]
-
-    @classmethod
-    def validate(cls, config: dict[str, Any]) -> dict[str, Any]:
-        disks = disk_list({"disks": config.get("disks") or [config.get("path")]}, "path")
-        paths = [str(d.get("path") or "") for d in disks]
-        if not paths or not all(os.path.isabs(p) for p in paths):
-            raise InvalidSource(kind=cls.kind, detail="give 'disks': absolute paths of images")
-        return {"disks": [{"path": p} for p in paths]}
-
-    def disk_count(self) -> int:
-        return len(self.paths)
 
     def open_disk(self, index: int, opts: RunOptions) -> BitmapSession:
         path = self.paths[index]

@@ -11,20 +11,20 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import xxhash
 
-from diskvault.backups.errors import InvalidSource, SourceUnavailable
+from diskvault.backups.errors import SourceUnavailable
 from diskvault.backups.repository import hashmap_path, partial
 from diskvault.backups.sources.base import (
     Copied,
     Kind,
+    PathDisks,
     Plan,
     Previous,
     RunOptions,
     create_target,
-    disk_list,
 )
 from diskvault.backups.sources.daemon import start_daemon
 from diskvault.backups.sources.pump import CHUNK, pread_full, pwrite_all, target_view
@@ -160,25 +160,10 @@ class RawSession:
             self._server.stop()
 
 
-class RawSource:
+class RawSource(PathDisks):
     """``{"disks": ["/dev/vg/vm1", "/srv/disk.raw"]}`` (or ``"path"``)."""
 
     kind: ClassVar[str] = "raw"
-
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
-        self.name = name
-        self.paths = [Path(d["path"]) for d in disk_list(config, "path")]
-
-    @classmethod
-    def validate(cls, config: dict[str, Any]) -> dict[str, Any]:
-        disks = disk_list({"disks": config.get("disks") or [config.get("path")]}, "path")
-        paths = [str(d.get("path") or "") for d in disks]
-        if not paths or not all(os.path.isabs(p) for p in paths):
-            raise InvalidSource(kind=cls.kind, detail="give 'disks': absolute paths")
-        return {"disks": [{"path": p} for p in paths]}
-
-    def disk_count(self) -> int:
-        return len(self.paths)
 
     def open_disk(self, index: int, opts: RunOptions) -> RawSession:
         return RawSession(self.name, index, self.paths[index], opts)
