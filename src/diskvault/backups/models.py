@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -17,8 +17,9 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    select,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from diskvault.db.base import Base, IdMixin, TimestampMixin, utcnow
 
@@ -159,3 +160,11 @@ class DiskLock(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64))
     acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+_Named = TypeVar("_Named", BackupRepository, BackupSource, BackupPolicy)
+
+
+def by_name_or_id(session: Session, model: type[_Named], ref: str) -> _Named | None:
+    """Sources, repositories and policies are addressed by their name or their id."""
+    return session.scalar(select(model).where((model.name == ref) | (model.id == ref)))

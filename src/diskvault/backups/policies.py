@@ -17,7 +17,13 @@ from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as chains
 from diskvault.backups import service
 from diskvault.backups.errors import InvalidSchedule, PolicyExists, PolicyNotFound
-from diskvault.backups.models import Backup, BackupChain, BackupPolicy, BackupStatus
+from diskvault.backups.models import (
+    Backup,
+    BackupChain,
+    BackupPolicy,
+    BackupStatus,
+    by_name_or_id,
+)
 from diskvault.backups.retention import RULES
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
@@ -70,9 +76,7 @@ def create(settings: Settings, session: Session, body: dict[str, Any]) -> Backup
 
 
 def get(session: Session, ref: str) -> BackupPolicy:
-    row = session.scalar(
-        select(BackupPolicy).where((BackupPolicy.name == ref) | (BackupPolicy.id == ref))
-    )
+    row = by_name_or_id(session, BackupPolicy, ref)
     if row is None:
         raise PolicyNotFound(id=ref)
     return row

@@ -34,6 +34,7 @@ from diskvault.backups.models import (
     BackupType,
     RepositoryKind,
     SourceKind,
+    by_name_or_id,
 )
 from diskvault.backups.sources import SOURCES
 from diskvault.backups.verify import chain_to
@@ -92,9 +93,7 @@ def create_source(
 
 
 def get_source(session: Session, name: str) -> BackupSource:
-    row = session.scalar(
-        select(BackupSource).where((BackupSource.name == name) | (BackupSource.id == name))
-    )
+    row = by_name_or_id(session, BackupSource, name)
     if row is None:
         raise SourceNotFound(id=name)
     return row
@@ -153,11 +152,7 @@ def create_repository(
 def get_repository(settings: Settings, session: Session, ref: str | None) -> BackupRepository:
     """By name or id; ``None`` is the default repository (BACKUP_REPOSITORY_PATH)."""
     name = ref or DEFAULT_REPOSITORY
-    row = session.scalar(
-        select(BackupRepository).where(
-            (BackupRepository.name == name) | (BackupRepository.id == name)
-        )
-    )
+    row = by_name_or_id(session, BackupRepository, name)
     if row is None and name == DEFAULT_REPOSITORY:
         return create_repository(
             settings,

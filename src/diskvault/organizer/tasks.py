@@ -6,43 +6,22 @@ that failed halfway must be looked at (or rolled back), not re-run blindly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from diskvault.jobs.context import JobContext
 from diskvault.jobs.registry import job_kind
 from diskvault.organizer import runs
 
-
-@job_kind("organizer-scan", max_attempts=1)
-def scan(ctx: JobContext) -> dict[str, Any]:
-    return runs.run_scan(ctx)
-
-
-@job_kind("organizer-dupes", max_attempts=1)
-def dupes(ctx: JobContext) -> dict[str, Any]:
-    return runs.run_dupes(ctx)
-
-
-@job_kind("organizer-plan", max_attempts=1)
-def plan(ctx: JobContext) -> dict[str, Any]:
-    return runs.run_plan(ctx)
-
-
-@job_kind("organizer-dedupe", max_attempts=1)
-def dedupe(ctx: JobContext) -> dict[str, Any]:
-    return runs.run_plan(ctx)
-
-
-@job_kind("organizer-import", max_attempts=1)
-def import_(ctx: JobContext) -> dict[str, Any]:
-    return runs.run_plan(ctx)
-
-
-@job_kind("organizer-apply", max_attempts=1)
-def apply(ctx: JobContext) -> dict[str, Any]:
-    return runs.run_apply(ctx)
-
-
-@job_kind("organizer-rollback", max_attempts=1)
-def rollback(ctx: JobContext) -> dict[str, Any]:
-    return runs.run_rollback(ctx)
+# Operation type -> what runs it. Dedupe and import are plans with another planner.
+_RUNNERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
+    "scan": runs.run_scan,
+    "dupes": runs.run_dupes,
+    "plan": runs.run_plan,
+    "dedupe": runs.run_plan,
+    "import": runs.run_plan,
+    "apply": runs.run_apply,
+    "rollback": runs.run_rollback,
+}
+for _op, _run in _RUNNERS.items():
+    job_kind(f"organizer-{_op}", max_attempts=1)(_run)
