@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from diskvault.config import Settings
-from diskvault.images import service
+from diskvault.images import service, sparse
 from diskvault.jobs.runner import run_job
 from diskvault.tools import qemu_img
 from support.http import assert_problem, auth
@@ -68,6 +68,36 @@ def test_upload_converts_to_raw_with_checksums(
     status = api.get(f"/api/v1/images/{image['id']}/conversion-status").json()
     assert status["percent"] == 100 and status["job_status"] == "succeeded"
     assert api.get(f"/api/v1/images/{image['id']}/download").content == expected.read_bytes()
+
+
+def test_sparse_stream_upload_sends_only_data(
+    api: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    src = patterned(tmp_path / "disk.qcow2", "qcow2")
+    with open(src, "ab") as fh:  # trailing zeros the stream skips but the checksum covers
+        fh.write(bytes(2 * MiB))
+    stream = b"".join(sparse.encode(src))
+    assert len(stream) < src.stat().st_size
+    resp = api.post(
+        "/api/v1/images/upload",
+        params={"name": "Sparse", "image_type": "data"},
+        content=stream,
+        headers={"Content-Type": sparse.CONTENT_TYPE},
+    )
+    assert resp.json()["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    image = processed(api, settings, resp)
+    assert image["status"] == "READY" and image["name"] == "Sparse"
+    assert image["image_type"] == "data"
+    expected = expected_raw(tmp_path / "expected.raw")
+    assert api.get(f"/api/v1/images/{image['id']}/download").content == expected.read_bytes()
+    bad = api.post(
+        "/api/v1/images/upload",
+        content=stream[:-16],
+        headers={"Content-Type": sparse.CONTENT_TYPE},
+    )
+    assert "ended before its end record" in assert_problem(bad, 400)["detail"]
+    failed = api.get("/api/v1/images", params={"status": "ERROR"}).json()["items"]
+    assert failed and temp_leftovers(settings.DATA_DIR, failed[0]["id"]) == []
 
 
 def test_target_format_qcow2_and_raw_passthrough(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,29 +97,6 @@ def _finish(client: Client, image: dict[str, Any], wait: bool) -> None:
     _show(image)
 
 
-def _multipart(path: Path, fields: dict[str, str], boundary: str) -> tuple[int, Iterator[bytes]]:
-    head = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in fields.items()
-    )
-    name = path.name.replace('"', "_")
-    head += (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-    size = path.stat().st_size
-
-    def body() -> Iterator[bytes]:
-        yield head
-        with open(path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                yield chunk
-        yield tail
-
-    return len(head) + size + len(tail), body()
-
-
 @app.command()
 def upload(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="the image file"),
@@ -132,31 +108,30 @@ def upload(
 ) -> None:
     """Upload an image with a progress bar; it is inspected, verified and converted.
 
+    Only the file's data is sent: holes and all-zero MiB blocks are skipped.
+
     Example: diskvault image upload win11.vhdx --name "Windows 11" --type system --wait
     """
+    from diskvault.images import sparse
+
     client = Client()
-    fields = {"name": name or file.name, "image_type": image_type}
+    params = {"name": name or file.name, "image_type": image_type}
     if fmt:
-        fields["format"] = fmt
+        params["format"] = fmt
     if target:
-        fields["target_format"] = target
-    boundary = f"diskvault-{secrets.token_hex(12)}"
-    length, body = _multipart(file, fields, boundary)
+        params["target_format"] = target
 
     def tracked() -> Iterator[bytes]:
+        # Only data travels (holes and zero blocks are skipped); the bar shows the file offset.
         with _bar() as bar:
-            task = bar.add_task(f"upload {file.name}", total=length)
-            for chunk in body:
-                yield chunk
-                bar.advance(task, len(chunk))
+            task = bar.add_task(f"upload {file.name}", total=file.stat().st_size)
+            yield from sparse.encode(file, lambda pos: bar.update(task, completed=pos))
 
     image = client.post(
         "/api/v1/images/upload",
+        params=params,
         content=tracked(),
-        headers={
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-            "Content-Length": str(length),
-        },
+        headers={"Content-Type": sparse.CONTENT_TYPE},
         timeout=httpx.Timeout(300.0),
     )
     console.print(f"uploaded {file.name}: image {image['id']} ({image['status']})")

@@ -17,7 +17,7 @@ from diskvault.auth.service import Principal
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.errors import DiskvaultError
-from diskvault.images import download, importer, service, upload
+from diskvault.images import download, importer, service, sparse, upload
 from diskvault.images.errors import InsufficientSpace, RangeNotSatisfiable, UploadTooLarge
 from diskvault.images.models import Image, ImageStatus, ImageType
 from diskvault.images.schemas import (
@@ -77,7 +77,8 @@ def _upload_failed(settings: Settings, image_id: str, exc: BaseException) -> Non
     "/upload",
     response_model=ImageOut,
     status_code=status.HTTP_202_ACCEPTED,
-    summary="Upload an image (multipart: file, name, image_type[, format, target_format])",
+    summary="Upload an image (multipart: file, name, image_type[, format, target_format]; "
+    "or a sparse stream with the fields as query parameters)",
 )
 async def upload_image(
     request: Request,
@@ -104,7 +105,9 @@ async def upload_image(
                 path=str(settings.temp_dir), needed=int(length), free=free, action="this upload"
             )
     content_type = request.headers.get("content-type", "")
-    upload.boundary_of(content_type)
+    is_sparse = content_type.split(";")[0].strip().lower() == sparse.CONTENT_TYPE
+    if not is_sparse:
+        upload.boundary_of(content_type)
     defaults = {
         key: value
         for key, value in {
@@ -120,7 +123,10 @@ async def upload_image(
     )
     partial = service.partial_path(settings, image.id)
     try:
-        received = await upload.receive(request.stream(), content_type, partial, limit=limit)
+        if is_sparse:
+            received = await upload.receive_sparse(request.stream(), partial, limit=limit)
+        else:
+            received = await upload.receive(request.stream(), content_type, partial, limit=limit)
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_upload_failed, settings, image.id, exc)

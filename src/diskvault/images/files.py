@@ -32,7 +32,7 @@ Cancel = Callable[[], bool]
 _ZEROS = memoryview(bytes(HASH_BUFFER))
 
 
-def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     """(start, end) of the data regions; holes between them read as zeros."""
     extents = []
     pos = 0
@@ -60,7 +60,7 @@ def sha256_file(
     try:
         size = os.fstat(fd).st_size
         pos = 0
-        for start, end in [*_data_extents(fd, size), (size, size)]:
+        for start, end in [*data_extents(fd, size), (size, size)]:
             while pos < start:
                 n = min(HASH_BUFFER, start - pos)
                 hasher.update(_ZEROS[:n])
@@ -185,7 +185,7 @@ def copy_sparse(src: Path, dst: Path) -> None:
         with open(src, "rb") as fin, open(partial, "wb") as fout:
             size = os.fstat(fin.fileno()).st_size
             in_kernel = True
-            for start, end in _data_extents(fin.fileno(), size):
+            for start, end in data_extents(fin.fileno(), size):
                 if in_kernel:
                     in_kernel = _copy_in_kernel(fin.fileno(), fout.fileno(), start, end)
                 if not in_kernel:

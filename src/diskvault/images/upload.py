@@ -1,4 +1,8 @@
-"""Streaming multipart upload: the file part goes to disk, hashed on the way, in constant memory.
+"""Streaming uploads: the file goes to disk, hashed on the way, in constant memory.
+
+Two bodies are accepted: multipart/form-data (``curl -F file=@disk.vhdx``) and
+the sparse stream of :mod:`diskvault.images.sparse` (``diskvault image upload``),
+which carries only the file's data.
 
 Starlette's ``request.form()`` spools the file to a temporary file first (a
 second copy). Here ``python_multipart``'s streaming parser runs on
@@ -12,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from diskvault.images import sparse
 from diskvault.images.errors import InvalidUpload, UploadTooLarge
 from diskvault.storage.base import os_errors
 
@@ -29,6 +34,7 @@ FILE_FIELD = "file"
 # Zero blocks of this size are not written: a sparse source stays sparse in TEMP_STORAGE_PATH.
 SPARSE_BLOCK = 64 * 1024
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
+_ZERO_BATCH = memoryview(bytes(BATCH))
 
 
 @dataclass
@@ -60,6 +66,13 @@ def _write_sparse(fd: int, buf: bytearray, n: int, offset: int) -> None:
             run = None
 
 
+def _hash_zeros(hasher: Any, n: int) -> None:
+    while n:
+        k = min(n, BATCH)
+        hasher.update(_ZERO_BATCH[:k])
+        n -= k
+
+
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
@@ -80,10 +93,13 @@ class _Sink:
         self._written = 0
         self._inflight: list[asyncio.Future[None]] = []
 
-    async def feed(self, data: memoryview) -> None:
-        self.size += len(data)
+    def _count(self, n: int) -> None:
+        self.size += n
         if self.size > self.limit:
             raise UploadTooLarge(size=f"over {self.limit}", limit=self.limit)
+
+    async def feed(self, data: memoryview) -> None:
+        self._count(len(data))
         while data:
             k = min(len(data), BATCH - self._n)
             self._buf[self._n : self._n + k] = data[:k]
@@ -106,6 +122,15 @@ class _Sink:
         ]
         self._written += self._n
         self._buf, self._spare, self._n = self._spare, self._buf, 0
+
+    async def zeros(self, n: int) -> None:
+        """``n`` zero bytes at the current position: hashed in order, left as a hole."""
+        self._count(n)
+        await self.flush()
+        await self.settle()
+        loop = asyncio.get_running_loop()
+        self._inflight = [loop.run_in_executor(None, _hash_zeros, self.hasher, n)]
+        self._written += n
 
     async def abandon(self) -> None:
         """Wait for the batch in flight and drop its outcome: the upload failed already."""
@@ -186,30 +211,17 @@ def boundary_of(content_type: str) -> bytes:
     return boundary
 
 
-async def receive(
-    chunks: AsyncIterator[bytes], content_type: str, dest: Path, *, limit: int
-) -> Received:
-    """Parse a multipart body from ``chunks``, writing the ``file`` part to ``dest``.
+async def _land(dest: Path, limit: int, body: Callable[[_Sink], Awaitable[None]]) -> _Sink:
+    """Create ``dest`` (never overwriting), let ``body`` fill the sink, then flush it.
 
-    ``dest`` is created (never overwritten) and removed again on any error.
+    ``dest`` is removed again on any error.
     """
-    form = _Form(boundary_of(content_type))
     with os_errors(dest.name, "TEMP_STORAGE_PATH"):
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     sink = _Sink(fd, limit)
     try:
         with os_errors(dest.name, "TEMP_STORAGE_PATH"):
-            async for chunk in chunks:
-                try:
-                    form.parser.write(chunk)
-                except InvalidUpload:
-                    raise
-                except Exception as exc:  # the parser's own errors: a malformed body
-                    raise InvalidUpload(f"malformed multipart body: {exc}") from exc
-                for view in form.pending:
-                    await sink.feed(view)
-                form.pending.clear()
-            form.parser.finalize()
+            await body(sink)
             await sink.flush()
             await sink.settle()
             os.ftruncate(fd, sink.size)
@@ -219,6 +231,29 @@ async def receive(
         dest.unlink(missing_ok=True)
         raise
     os.close(fd)
+    return sink
+
+
+async def receive(
+    chunks: AsyncIterator[bytes], content_type: str, dest: Path, *, limit: int
+) -> Received:
+    """Parse a multipart body from ``chunks``, writing the ``file`` part to ``dest``."""
+    form = _Form(boundary_of(content_type))
+
+    async def body(sink: _Sink) -> None:
+        async for chunk in chunks:
+            try:
+                form.parser.write(chunk)
+            except InvalidUpload:
+                raise
+            except Exception as exc:  # the parser's own errors: a malformed body
+                raise InvalidUpload(f"malformed multipart body: {exc}") from exc
+            for view in form.pending:
+                await sink.feed(view)
+            form.pending.clear()
+        form.parser.finalize()
+
+    sink = await _land(dest, limit, body)
     if form.file_part is None:
         dest.unlink(missing_ok=True)
         raise InvalidUpload("the form has no 'file' part")
@@ -226,3 +261,20 @@ async def receive(
         p.name: p.value.decode("utf-8", "replace") for p in form.parts if p is not form.file_part
     }
     return Received(fields, form.file_part.filename, sink.size, sink.hasher.hexdigest())
+
+
+async def receive_sparse(chunks: AsyncIterator[bytes], dest: Path, *, limit: int) -> Received:
+    """Write a sparse stream (see :mod:`diskvault.images.sparse`) to ``dest``; holes stay holes."""
+    decoder = sparse.Decoder(limit)
+
+    async def body(sink: _Sink) -> None:
+        async for chunk in chunks:
+            for item in decoder.feed(chunk):
+                if isinstance(item, int):
+                    await sink.zeros(item)
+                else:
+                    await sink.feed(item)
+        decoder.finish()
+
+    sink = await _land(dest, limit, body)
+    return Received({}, None, sink.size, sink.hasher.hexdigest())
