@@ -9,9 +9,11 @@ cache (``drop_caches``):
 2. ``diskvault image convert SRC DST --to raw --local`` (the CLI process,
    startup included: inspection, qemu-img info, space check, convert with
    ``-m 8 -W``, fsync, rename);
-3. the server path: a real ``diskvault serve``; streamed multipart upload
-   (SHA-256 while streaming, header inspection), then the job (qemu-img info
-   under prlimit, convert, SHA-256 of the output, publish) until READY.
+3. the server path: a real ``diskvault serve``; a streamed upload (SHA-256
+   while streaming, header inspection), then the job (qemu-img info under
+   prlimit, convert, SHA-256 of the output, publish) until READY. Twice: with
+   ``diskvault image upload`` (the sparse stream: only the file's data travels)
+   and with ``curl -F file=@...`` (multipart: every byte of the file travels).
 
 Prints the ratios baseline/diskvault (goals: local >= 1.0x, server >= 0.6x),
 the server path's stages, and the server's peak RSS while it uploads and converts.
@@ -22,9 +24,10 @@ Usage: .venv/bin/python bench/convert.py [--size-gib 4] [--dir /var/tmp/dv-bench
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
-import secrets
+import re
 import shutil
 import signal
 import socket
@@ -32,8 +35,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from _common import Table, drop_caches, fmt_bytes, ratio, run, timer
@@ -113,32 +117,39 @@ class Server:
         self.log.close()
 
 
-def multipart(path: Path) -> tuple[str, int, Iterator[bytes]]:
-    boundary = f"bench-{secrets.token_hex(8)}"
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\nbench\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-
-    def body() -> Iterator[bytes]:
-        yield head
-        with open(path, "rb") as fh:
-            while chunk := fh.read(4 * MiB):
-                yield chunk
-        yield tail
-
-    return boundary, len(head) + path.stat().st_size + len(tail), body()
+def _ready(server: Server, image_id: str) -> dict[str, Any]:
+    while True:
+        image: dict[str, Any] = server.client.get(f"/api/v1/images/{image_id}").json()
+        if image["status"] in ("READY", "ERROR"):
+            break
+        time.sleep(0.02)
+    if image["status"] != "READY" or image["format"] != "raw" or not image["sha256"]:
+        raise SystemExit(f"server path failed: {image}")
+    return image
 
 
-def server_path(server: Server, vhdx: Path) -> tuple[float, dict[str, float], int]:
-    """(seconds to READY, the stages' seconds, peak server RSS)."""
-    boundary, length, body = multipart(vhdx)
-    headers = {
-        "Content-Type": f"multipart/form-data; boundary={boundary}",
-        "Content-Length": str(length),
+def _stages(server: Server, image: dict[str, Any]) -> dict[str, float]:
+    while (job := server.client.get(f"/api/v1/jobs/{image['job_id']}").json())["result"] is None:
+        time.sleep(0.01)  # READY is recorded just before the job's own end
+    uploaded = datetime.fromisoformat(job["created_at"]) - datetime.fromisoformat(
+        image["created_at"]
+    )
+    result = job["result"]
+    deleted = server.client.delete(f"/api/v1/images/{image['id']}")
+    if deleted.status_code != 204:
+        print(f"warning: image {image['id']} not deleted: {deleted.text}", file=sys.stderr)
+    return {
+        "upload (stream, SHA-256, header inspection)": uploaded.total_seconds(),
+        "job: qemu-img convert -m 8 -W, then SHA-256 during fsync": result["convert_s"],
     }
+
+
+def server_path(server: Server, vhdx: Path, client: str) -> tuple[float, dict[str, float], int]:
+    """(seconds to READY, the stages' seconds, peak server RSS) with one of two clients.
+
+    ``cli``: ``diskvault image upload FILE`` (the sparse stream: only data travels);
+    ``curl``: ``curl -F file=@FILE`` (multipart: every byte of the file travels).
+    """
     peak = [0]
     done = threading.Event()
 
@@ -148,32 +159,24 @@ def server_path(server: Server, vhdx: Path) -> tuple[float, dict[str, float], in
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    url = f"{server.url}/api/v1/images/upload"
     with timer() as total:
-        with timer() as up:
-            resp = server.client.post("/api/v1/images/upload", content=body, headers=headers)
-        resp.raise_for_status()
-        image_id, job_id = resp.json()["id"], resp.json()["job_id"]
-        while True:
-            image = server.client.get(f"/api/v1/images/{image_id}").json()
-            if image["status"] in ("READY", "ERROR"):
-                break
-            time.sleep(0.02)
-    if image["status"] != "READY" or image["format"] != "raw" or not image["sha256"]:
-        raise SystemExit(f"server path failed: {image}")
+        if client == "cli":
+            env = {**os.environ, "DISKVAULT_URL": server.url, "DISKVAULT_TOKEN": server.token}
+            cmd = [str(BIN), "image", "upload", str(vhdx), "--name", "bench"]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+            image_id = re.search(r"image ([0-9a-f-]{32,36})", out)
+            if image_id is None:
+                raise SystemExit(f"no image id in: {out}")
+            image = _ready(server, image_id[1])
+        else:
+            auth = f"Authorization: Bearer {server.token}"
+            cmd = ["curl", "-sSf", "-H", auth, "-F", "name=bench", "-F", f"file=@{vhdx}", url]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            image = _ready(server, json.loads(out)["id"])
     done.set()
     sampler.join()
-    while (job := server.client.get(f"/api/v1/jobs/{job_id}").json())["result"] is None:
-        time.sleep(0.01)  # READY is recorded just before the job's own end
-    result = job["result"]
-    stages = {
-        "upload request (stream, SHA-256, header inspection)": up.seconds,
-        "qemu-img convert -m 8 -W (in the job)": result["convert_s"],
-        "SHA-256 of the converted image (in the job)": result["checksum_s"],
-    }
-    deleted = server.client.delete(f"/api/v1/images/{image_id}")
-    if deleted.status_code != 204:
-        print(f"warning: image {image_id} not deleted: {deleted.text}", file=sys.stderr)
-    return total.seconds, stages, peak[0]
+    return total.seconds, _stages(server, image), peak[0]
 
 
 def main() -> None:
@@ -188,8 +191,13 @@ def main() -> None:
     out = args.dir / "out.raw"
     server = Server(args.dir / "server")
     idle_rss, startup_peak = server.rss(), server.rss("VmHWM")
-    best = {"baseline": float("inf"), "local": float("inf"), "server": float("inf")}
-    stages: dict[str, float] = {}
+    best = {
+        "baseline": float("inf"),
+        "local": float("inf"),
+        "cli": float("inf"),
+        "curl": float("inf"),
+    }
+    stages: dict[str, dict[str, float]] = {}
     rss = 0
     try:
         for _ in range(args.runs):
@@ -203,11 +211,12 @@ def main() -> None:
                 run([BIN, "image", "convert", vhdx, out, "--to", "raw", "--local"])
             best["local"] = min(best["local"], t.seconds)
             out.unlink()
-            drop_caches()
-            seconds, run_stages, peak = server_path(server, vhdx)
-            if seconds < best["server"]:
-                best["server"], stages = seconds, run_stages
-            rss = max(rss, peak)
+            for client in ("cli", "curl"):
+                drop_caches()
+                seconds, run_stages, peak = server_path(server, vhdx, client)
+                if seconds < best[client]:
+                    best[client], stages[client] = seconds, run_stages
+                rss = max(rss, peak)
     finally:
         server.stop()
         shutil.rmtree(args.dir / "server", ignore_errors=True)
@@ -221,14 +230,14 @@ def main() -> None:
     table.add(
         "diskvault image convert --local", best["local"], ratio(base, best["local"]), ">= 1.0x"
     )
-    table.add(
-        "server: upload + checksum + inspect + convert to READY",
-        best["server"],
-        ratio(base, best["server"]),
-        ">= 0.6x",
-    )
-    for stage, stage_s in stages.items():
-        table.add(f"  of which {stage}", stage_s, "", "")
+    labels = {
+        "cli": "server path, diskvault image upload (sparse stream) to READY",
+        "curl": "server path, curl -F (multipart, every byte) to READY",
+    }
+    for client, label in labels.items():
+        table.add(label, best[client], ratio(base, best[client]), ">= 0.6x")
+        for stage, stage_s in stages[client].items():
+            table.add(f"  of which {stage}", stage_s, "", "")
     table.print()
     print(
         f"server RSS: idle {fmt_bytes(idle_rss)}, peak while uploading and converting "

@@ -6,11 +6,14 @@ so both convert with the same qemu-img options and the same safety rules.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import shutil
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from diskvault.images.errors import InsufficientSpace
@@ -52,27 +55,39 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
 def sha256_file(
     path: Path, *, progress: Progress | None = None, should_cancel: Cancel | None = None
 ) -> str:
-    """SHA-256 of a file; holes are hashed from a zero buffer instead of being read."""
+    """SHA-256 of a file; holes are hashed from a zero buffer instead of being read.
+
+    Data is hashed straight from the page cache through a read-only mapping,
+    which saves copying every byte into a buffer first.
+    """
     hasher = hashlib.sha256()
-    buf = bytearray(HASH_BUFFER)
-    view = memoryview(buf)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
-        pos = 0
-        for start, end in [*data_extents(fd, size), (size, size)]:
-            while pos < start:
-                n = min(HASH_BUFFER, start - pos)
-                hasher.update(_ZEROS[:n])
-                pos += n
-                _tick(progress, should_cancel, pos)
-            while pos < end:
-                n = os.preadv(fd, [view[: min(HASH_BUFFER, end - pos)]], pos)
-                if n == 0:
-                    raise OSError(errno.EIO, f"{path} shrank while it was being hashed")
-                hasher.update(view[:n])
-                pos += n
-                _tick(progress, should_cancel, pos)
+        if size == 0:
+            return hasher.hexdigest()
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(mapped)
+            try:
+                pos = 0
+                for start, end in [*data_extents(fd, size), (size, size)]:
+                    while pos < start:
+                        n = min(HASH_BUFFER, start - pos)
+                        hasher.update(_ZEROS[:n])
+                        pos += n
+                        _tick(progress, should_cancel, pos)
+                    while pos < end:
+                        n = min(HASH_BUFFER, end - pos)
+                        hasher.update(view[pos : pos + n])
+                        # Unmap what is hashed: the pages stay cached, but do not
+                        # count as this process's memory (RSS, OOM score).
+                        aligned = pos - pos % mmap.PAGESIZE
+                        mapped.madvise(mmap.MADV_DONTNEED, aligned, pos + n - aligned)
+                        pos += n
+                        _tick(progress, should_cancel, pos)
+            finally:
+                view.release()
     finally:
         os.close(fd)
     return hasher.hexdigest()
@@ -87,6 +102,24 @@ def _tick(progress: Progress | None, should_cancel: Cancel | None, done: int) ->
 
 def allocated_bytes(path: Path) -> int:
     return os.stat(path).st_blocks * 512
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing ``[offset, offset+length)`` to disk now, without waiting for it.
+
+    A large upload left dirty in the page cache makes the conversion that follows
+    hit the kernel's dirty-page throttling; flushing as it arrives avoids that.
+    Best effort: where the call is missing or refused, the kernel flushes later.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_file(path: Path) -> None:
@@ -126,11 +159,15 @@ def convert_file(
     compress: bool = False,
     rate_limit: int | None = None,
     options: Mapping[str, qemu_img.OptionValue] | None = None,
-) -> None:
+    sha256: bool = False,
+    sha256_progress: Progress | None = None,
+) -> str | None:
     """Convert ``src`` into ``dst`` via ``dst.partial``, fsync, rename; nothing left on failure.
 
     Free space is checked first. The output is sparse; ``-m 8 -W`` lets qemu-img
-    run eight requests at once and write them out of order.
+    run eight requests at once and write them out of order. With ``sha256`` the
+    output's SHA-256 is computed (from the page cache) while it is flushed to
+    disk, and returned.
     """
     needed = space_needed(src, src_fmt, dst_fmt, binary=binary)
     check_space(dst.parent, needed, f"converting to {dst_fmt}")
@@ -152,9 +189,17 @@ def convert_file(
             options=options,
             binary=binary,
         )
-        fsync_file(partial)
+        digest = None
+        if sha256:
+            with ThreadPoolExecutor(1, thread_name_prefix="fsync") as pool:
+                flushed = pool.submit(fsync_file, partial)
+                digest = sha256_file(partial, progress=sha256_progress, should_cancel=should_cancel)
+                flushed.result()
+        else:
+            fsync_file(partial)
         os.replace(partial, dst)
         fsync_dir(dst.parent)
+        return digest
     except QemuImgError as exc:
         partial.unlink(missing_ok=True)
         if "No space left" in exc.stderr:

@@ -144,7 +144,7 @@ def _convert(
 
     ctx.progress(0, virtual_size, percent=0, message=label, force=True)
     started = time.monotonic()
-    files.convert_file(
+    sha = files.convert_file(
         src,
         src_fmt,
         out,
@@ -154,13 +154,11 @@ def _convert(
         should_cancel=ctx.should_cancel,
         compress=compress,
         rate_limit=settings.IMAGE_CONVERT_RATE_LIMIT,
+        sha256=True,
+        sha256_progress=_hash_progress(ctx, virtual_size),
     )
-    converted_at = time.monotonic()
-    sha = _checksum(ctx, out)
-    timings = {
-        "convert_s": round(converted_at - started, 3),
-        "checksum_s": round(time.monotonic() - converted_at, 3),
-    }
+    assert sha is not None
+    timings = {"convert_s": round(time.monotonic() - started, 3)}
     info = qemu_img.info(out, target, binary=settings.QEMU_IMG_PATH)
     values = {
         "format": target,
@@ -175,16 +173,24 @@ def _convert(
     return {"image_id": image_id, "format": target, "converted": True, "sha256": sha, **timings}
 
 
-def _checksum(ctx: JobContext, path: Path) -> str:
-    size = path.stat().st_size or 1
+def _hash_progress(ctx: JobContext, size: int) -> files.Progress:
+    """Progress for hashing ``size`` bytes: the last part of the job's bar."""
     start = 100 * CONVERT_SHARE
+    size = max(size, 1)
 
     def hashed(done: int) -> None:
         pct = start + (100 - start) * done / size
         ctx.progress(done, size, percent=pct, message="computing SHA-256")
 
-    ctx.progress(0, size, percent=start, message="computing SHA-256", force=True)
-    return files.sha256_file(path, progress=hashed, should_cancel=ctx.should_cancel)
+    return hashed
+
+
+def _checksum(ctx: JobContext, path: Path) -> str:
+    size = path.stat().st_size
+    ctx.progress(0, size, percent=100 * CONVERT_SHARE, message="computing SHA-256", force=True)
+    return files.sha256_file(
+        path, progress=_hash_progress(ctx, size), should_cancel=ctx.should_cancel
+    )
 
 
 def _replace_file(

@@ -25,6 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from diskvault.images import sparse
 from diskvault.images.errors import InvalidUpload, UploadTooLarge
+from diskvault.images.files import start_writeback
 from diskvault.storage.base import os_errors
 
 MiB = 1024 * 1024
@@ -64,6 +65,7 @@ def _write_sparse(fd: int, buf: bytearray, n: int, offset: int) -> None:
         elif zero and run is not None:
             _pwrite_all(fd, view[run : min(start, n)], offset + run)
             run = None
+    start_writeback(fd, offset, n)
 
 
 def _hash_zeros(hasher: Any, n: int) -> None:
