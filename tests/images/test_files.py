@@ -3,7 +3,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +45,12 @@ def test_sha256_of_a_file_that_is_only_a_hole(tmp_path: Path) -> None:
     assert sha256_file(path) == hashlib.sha256(bytes(3 * MiB + 1)).hexdigest()
 
 
+def test_sha256_of_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.bin"
+    path.touch()
+    assert sha256_file(path) == hashlib.sha256(b"").hexdigest()
+
+
 def test_sha256_can_be_cancelled(tmp_path: Path) -> None:
     with pytest.raises(Cancelled):
         sha256_file(_sparse_file(tmp_path / "x.bin"), should_cancel=lambda: True)
@@ -70,6 +76,25 @@ def test_convert_is_sparse_exact_and_leaves_no_partial(tmp_path: Path, target: s
     assert not list(tmp_path.glob("*.partial"))
     if target == "raw":
         assert allocated_bytes(out) < 2 * MiB < out.stat().st_size
+
+
+def test_convert_can_hash_its_output_while_flushing(tmp_path: Path) -> None:
+    src = patterned(tmp_path / "src.qcow2", "qcow2")
+    out = tmp_path / "out.raw"
+    hashed: list[int] = []
+    digest = convert_file(src, "qcow2", out, "raw", sha256=True, sha256_progress=hashed.append)
+    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert hashed[-1] == out.stat().st_size
+    assert convert_file(src, "qcow2", tmp_path / "again.raw", "raw") is None
+    with pytest.raises(Cancelled):  # a hash cancelled midway leaves no partial output
+        convert_file(src, "qcow2", tmp_path / "c.raw", "raw", sha256=True, should_cancel=_after(3))
+    assert not list(tmp_path.glob("c.raw*"))
+
+
+def _after(calls: int) -> Callable[[], bool]:
+    """A should_cancel that says yes from its ``calls``-th call on."""
+    count = iter(range(calls, -(10**9), -1))
+    return lambda: next(count) <= 1
 
 
 def test_convert_failure_and_cancel_leave_nothing(tmp_path: Path) -> None:
