@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from diskvault.images import files
 from diskvault.images.errors import InsufficientSpace
 from diskvault.images.files import (
     allocated_bytes,
@@ -78,17 +79,47 @@ def test_convert_is_sparse_exact_and_leaves_no_partial(tmp_path: Path, target: s
         assert allocated_bytes(out) < 2 * MiB < out.stat().st_size
 
 
-def test_convert_can_hash_its_output_while_flushing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("segment", [3 * MiB, 64 * MiB], ids=["6-segments", "1-segment"])
+def test_raw_convert_hashes_segments_while_converting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, segment: int
+) -> None:
+    monkeypatch.setattr(files, "SEGMENT", segment)
     src = patterned(tmp_path / "src.qcow2", "qcow2")
     out = tmp_path / "out.raw"
     hashed: list[int] = []
-    digest = convert_file(src, "qcow2", out, "raw", sha256=True, sha256_progress=hashed.append)
+    percents: list[float] = []
+    digest = convert_file(
+        src,
+        "qcow2",
+        out,
+        "raw",
+        progress=percents.append,
+        sha256=True,
+        sha256_progress=hashed.append,
+    )
+    assert qemu_img.compare(out, expected_raw(tmp_path / "expected.raw"), "raw", "raw")
     assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
-    assert hashed[-1] == out.stat().st_size
+    assert allocated_bytes(out) < 2 * MiB < out.stat().st_size  # still sparse
+    assert hashed == sorted(hashed) and hashed[-1] == out.stat().st_size
+    assert percents == sorted(percents) and percents[-1] == 100.0
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_convert_to_other_formats_hashes_while_flushing(tmp_path: Path) -> None:
+    src = patterned(tmp_path / "src.qcow2", "qcow2")
+    out = tmp_path / "out.qcow2"
+    digest = convert_file(src, "qcow2", out, "qcow2", sha256=True)
+    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
     assert convert_file(src, "qcow2", tmp_path / "again.raw", "raw") is None
-    with pytest.raises(Cancelled):  # a hash cancelled midway leaves no partial output
-        convert_file(src, "qcow2", tmp_path / "c.raw", "raw", sha256=True, should_cancel=_after(3))
-    assert not list(tmp_path.glob("c.raw*"))
+
+
+@pytest.mark.parametrize("target", ["raw", "qcow2"])
+def test_a_cancelled_hash_leaves_no_partial(tmp_path: Path, target: str) -> None:
+    src = patterned(tmp_path / "src.qcow2", "qcow2")
+    out = tmp_path / f"c.{target}"
+    with pytest.raises(Cancelled):
+        convert_file(src, "qcow2", out, target, sha256=True, should_cancel=_after(3))
+    assert not list(tmp_path.glob("c.*"))
 
 
 def _after(calls: int) -> Callable[[], bool]:

@@ -109,6 +109,7 @@ def convert(
     dst_cache: str | None = None,
     rate_limit: int | None = None,
     options: Mapping[str, OptionValue] | None = None,
+    segment: tuple[int, int] | None = None,
     binary: str = DEFAULT_BINARY,
     timeout: float = LONG_TIMEOUT,
 ) -> None:
@@ -117,8 +118,18 @@ def convert(
     Raises :class:`~diskvault.tools.process.Cancelled` when ``should_cancel``
     returns True; the caller removes the partial ``dst``. ``out_of_order``
     (``-W``) is ignored with ``compress``, which qemu-img requires in order.
+
+    ``segment=(offset, length)`` converts only that range of the guest's disk
+    into the same range of ``dst``, an existing all-zero raw file of the full
+    size (a raw node with offset and size over each side, ``-n --target-is-zero``).
     """
-    cmd = [binary, "convert", "-f", src_fmt, "-O", dst_fmt, "-m", str(coroutines)]
+    cmd = [binary, "convert", "-m", str(coroutines)]
+    if segment is None:
+        cmd += ["-f", src_fmt, "-O", dst_fmt]
+    elif dst_fmt != "raw" or compress or options:
+        raise ValueError("only a plain raw output can be written in segments")
+    else:
+        cmd += ["-n", "--target-is-zero", "--image-opts", "--target-image-opts"]
     if progress is not None:
         cmd.append("-p")
     if out_of_order and not compress:
@@ -132,7 +143,16 @@ def convert(
         cmd += ["-r", str(rate_limit)]
     if options:
         cmd += ["-o", _options(options)]
-    cmd += [os.fspath(src), os.fspath(dst)]
+    if segment is None:
+        cmd += [os.fspath(src), os.fspath(dst)]
+    else:
+        offset, length = segment
+        window: dict[str, OptionValue] = {"driver": "raw", "offset": offset, "size": length}
+        src_node = {"file.driver": src_fmt, "file.file.driver": "file"}
+        cmd += [
+            _options({**window, **src_node, "file.file.filename": os.fspath(src)}),
+            _options({**window, "file.driver": "file", "file.filename": os.fspath(dst)}),
+        ]
 
     last = -1.0
 
