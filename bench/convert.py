@@ -140,7 +140,9 @@ def _stages(server: Server, image: dict[str, Any]) -> dict[str, float]:
         print(f"warning: image {image['id']} not deleted: {deleted.text}", file=sys.stderr)
     return {
         "upload (stream, SHA-256, header inspection)": uploaded.total_seconds(),
-        "job: qemu-img convert -m 8 -W, then SHA-256 during fsync": result["convert_s"],
+        "job: convert in 512 MiB segments, each hashed while the next converts": result[
+            "convert_s"
+        ],
     }
 
 

@@ -28,7 +28,6 @@ from rich.progress import (
 from diskvault.cli.client import Client, Unreachable, api_error
 from diskvault.cli.common import console, human_bytes, print_table
 from diskvault.cli.progress import watch
-from diskvault.config import Settings
 from diskvault.errors import BadRequest
 
 NAME = "image"
@@ -208,10 +207,16 @@ def show(image_id: str = typer.Argument(..., help="image id (a unique prefix wor
     _show(client.get(f"/api/v1/images/{_resolve(client, image_id)}"))
 
 
+def _local_settings() -> Any:
+    from diskvault.config import Settings  # only local commands read the settings
+
+    return Settings()
+
+
 def _inspect_local(file: Path) -> tuple[Any, dict[str, Any]]:
     from diskvault.images.inspect import inspect_file, verify_with_qemu_img
 
-    settings = Settings()
+    settings = _local_settings()
     inspection = inspect_file(file, max_virtual_size=settings.MAX_VIRTUAL_SIZE)
     info = verify_with_qemu_img(file, inspection, binary=settings.QEMU_IMG_PATH)
     return inspection, info
@@ -275,7 +280,7 @@ def convert(
             inspection.qemu_format,
             dest,
             to,
-            binary=Settings().QEMU_IMG_PATH,
+            binary=_local_settings().QEMU_IMG_PATH,
             progress=lambda pct: bar.update(task, completed=inspection.virtual_size * pct / 100),
             compress=compress,
         )

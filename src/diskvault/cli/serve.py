@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import typer
-import uvicorn
-
-from diskvault.config import load_settings
-from diskvault.logging import configure
 
 
 def serve(
@@ -17,6 +13,12 @@ def serve(
 
     Example: DISKVAULT_DATA_DIR=/srv/diskvault diskvault serve --port 8080
     """
+    # Imported here: every other command starts faster without uvicorn and the settings.
+    import uvicorn
+
+    from diskvault.config import load_settings
+    from diskvault.logging import configure
+
     overrides: dict[str, object] = {}
     if host:
         overrides["BIND_HOST"] = host

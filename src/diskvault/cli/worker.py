@@ -8,9 +8,7 @@ import threading
 import typer
 
 from diskvault.cli.common import console
-from diskvault.config import load_settings
 from diskvault.errors import ConfigError
-from diskvault.logging import configure
 
 
 def worker(
@@ -21,6 +19,9 @@ def worker(
 
     Example: DISKVAULT_QUEUE_URL=redis://127.0.0.1:6379/0 diskvault worker --node host-a
     """
+    from diskvault.config import load_settings
+    from diskvault.logging import configure
+
     overrides: dict[str, object] = {"NODE": node} if node else {}
     settings = load_settings(**overrides)
     if not settings.QUEUE_URL.startswith("redis"):
