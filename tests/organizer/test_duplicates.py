@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from diskvault.errors import NotFound
-from diskvault.organizer.duplicates import BLOCK, DuplicateReport, find_duplicates
+from diskvault.organizer.compare import BLOCK
+from diskvault.organizer.duplicates import DuplicateReport, find_duplicates
 from diskvault.organizer.hashcache import HashCache
 from diskvault.organizer.walk import walk
 from diskvault.tools.process import Cancelled

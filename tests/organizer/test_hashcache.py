@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diskvault.organizer.duplicates import DuplicateReport, find_duplicates
 from diskvault.organizer.hashcache import HashCache, Hashes
-from diskvault.organizer.walk import FileEntry
+from diskvault.organizer.walk import FileEntry, walk
 
 if TYPE_CHECKING:
     from conftest import SampleTree
@@ -157,3 +160,65 @@ def test_new_file_invalidates_the_stored_result(fresh_tree: SampleTree, cache: H
     assert not again.stats.result_cached
     small = max(again.groups, key=lambda g: len(g.paths))
     assert len(small.paths) == 4
+
+
+def test_an_unreadable_stored_result_is_recomputed(
+    fresh_tree: SampleTree, cache: HashCache
+) -> None:
+    cold = find_duplicates(fresh_tree.root, cache=cache)
+    with sqlite3.connect(cache.path) as db:
+        db.execute("UPDATE results SET payload = ?", (b"\x00not marshal",))
+
+    again = find_duplicates(fresh_tree.root, cache=cache)
+    healed = find_duplicates(fresh_tree.root, cache=cache)
+
+    assert not again.stats.result_cached
+    assert again.groups == cold.groups
+    assert healed.stats.result_cached and healed.groups == cold.groups
+
+
+def test_pre_walked_entries_use_the_stored_result(fresh_tree: SampleTree, cache: HashCache) -> None:
+    cold = find_duplicates(list(walk(fresh_tree.root)), cache=cache)
+    warm = find_duplicates(list(walk(fresh_tree.root)), cache=cache)
+    os.utime(fresh_tree.root / "a" / "one.txt")
+    touched = find_duplicates(list(walk(fresh_tree.root)), cache=cache)
+
+    assert warm.stats.result_cached and warm.groups == cold.groups
+    assert not touched.stats.result_cached and touched.groups == cold.groups
+
+
+def test_warm_rescan_imports_only_what_it_needs(fresh_tree: SampleTree, tmp_path: Path) -> None:
+    # The warm re-scan is a walk and one cache read: in a fresh interpreter,
+    # importing typing, re, json, dataclasses or pathlib, or the comparing
+    # half with its thread pool, would cost it more than a tenth.
+    path = tmp_path / "hashes.sqlite"
+    with HashCache(path) as cache:
+        find_duplicates(fresh_tree.root, cache=cache)
+    script = (
+        "import sys\n"
+        "from diskvault.organizer.duplicates import find_duplicates\n"
+        "from diskvault.organizer.hashcache import HashCache\n"
+        "with HashCache(sys.argv[2]) as cache:\n"
+        "    report = find_duplicates(sys.argv[1], cache=cache)\n"
+        "assert report.stats.result_cached and len(report.groups) == 2\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(fresh_tree.root), str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+
+    heavy = {
+        "typing",
+        "re",
+        "json",
+        "dataclasses",
+        "pathlib",
+        "hashlib",
+        "threading",
+        "concurrent.futures",
+        "diskvault.organizer.compare",
+    }
+    assert heavy.isdisjoint(out)

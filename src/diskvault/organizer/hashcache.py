@@ -14,12 +14,9 @@ The algorithm is part of the key, so rows of different algorithms never mix.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import NamedTuple, Protocol
+from collections import namedtuple
 
 try:
     import xxhash
@@ -28,21 +25,59 @@ try:
 except ImportError:  # pragma: no cover - xxhash is a declared dependency
     HAVE_XXHASH = False
 
+# Not ``typing``: a warm duplicate re-scan would spend a tenth of its time
+# importing it and the ``re`` it pulls in (see walk.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+    from typing import NamedTuple, Protocol
 
-class Hasher(Protocol):
-    def update(self, data: bytes | memoryview, /) -> object: ...
+    class Hasher(Protocol):
+        def update(self, data: bytes | memoryview, /) -> object: ...
 
-    def digest(self) -> bytes: ...
+        def digest(self) -> bytes: ...
+
+    class CacheKey(Protocol):
+        """What identifies a file's content version; :class:`~.walk.FileEntry` is one."""
+
+        @property
+        def dev(self) -> int: ...
+
+        @property
+        def ino(self) -> int: ...
+
+        @property
+        def size(self) -> int: ...
+
+        @property
+        def mtime_ns(self) -> int: ...
+
+    class Hashes(NamedTuple):
+        head: bytes | None = None
+        tail: bytes | None = None
+        full: bytes | None = None
+else:
+    Hashes = namedtuple("Hashes", "head tail full", defaults=(None, None, None), module=__name__)
+
+
+def _blake2b() -> Hasher:
+    import hashlib  # imported on use: xxh3 scans never need OpenSSL loaded
+
+    return hashlib.blake2b(digest_size=32)
+
+
+def _sha256() -> Hasher:
+    import hashlib
+
+    return hashlib.sha256()
 
 
 # Duplicate detection needs a well-distributed hash, not a cryptographic one;
 # xxh3 runs at memory speed. Callers that act on matches from untrusted trees
 # (a crafted collision could make two different files look equal) can pick a
 # cryptographic algorithm, or byte-compare before deleting.
-ALGORITHMS: dict[str, Callable[[], Hasher]] = {
-    "blake2b": lambda: hashlib.blake2b(digest_size=32),
-    "sha256": hashlib.sha256,
-}
+ALGORITHMS: dict[str, Callable[[], Hasher]] = {"blake2b": _blake2b, "sha256": _sha256}
 if HAVE_XXHASH:
     ALGORITHMS["xxh3_128"] = xxhash.xxh3_128
 DEFAULT_ALGORITHM = "xxh3_128" if HAVE_XXHASH else "blake2b"
@@ -56,28 +91,6 @@ def _signed(n: int) -> int:
     return n - _UINT64 if n >= _INT64 else n
 
 
-class CacheKey(Protocol):
-    """What identifies a file's content version; :class:`~.walk.FileEntry` is one."""
-
-    @property
-    def dev(self) -> int: ...
-
-    @property
-    def ino(self) -> int: ...
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def mtime_ns(self) -> int: ...
-
-
-class Hashes(NamedTuple):
-    head: bytes | None = None
-    tail: bytes | None = None
-    full: bytes | None = None
-
-
 class HashCache:
     """A SQLite (WAL) file of head/tail/full hashes for one algorithm.
 
@@ -88,7 +101,7 @@ class HashCache:
     def __init__(self, path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown hash algorithm {algorithm!r}; one of {sorted(ALGORITHMS)}")
-        self.path = Path(path)
+        self._path = os.fspath(path)
         self.algorithm = algorithm
         try:
             self._db = self._open()
@@ -97,17 +110,24 @@ class HashCache:
             # stdlib logging (imported only here), not structlog: importing that
             # would double a short CLI scan's start-up; its stdlib bridge formats this.
             import logging
+            from pathlib import Path
 
             logging.getLogger(__name__).warning(
-                "hash cache %s unreadable (%s), recreating it", self.path, exc
+                "hash cache %s unreadable (%s), recreating it", self._path, exc
             )
             for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                Path(f"{self._path}{suffix}").unlink(missing_ok=True)
             self._db = self._open()
 
+    @property
+    def path(self) -> Path:
+        from pathlib import Path  # imported on use: a scan needs none, and it loads re
+
+        return Path(self._path)
+
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
+        db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -120,7 +140,7 @@ class HashCache:
             )
             db.execute(
                 "CREATE TABLE IF NOT EXISTS results ("
-                " scope TEXT PRIMARY KEY, fingerprint BLOB NOT NULL, payload TEXT NOT NULL)"
+                " scope TEXT PRIMARY KEY, fingerprint BLOB NOT NULL, payload BLOB NOT NULL)"
             )
         except sqlite3.DatabaseError:
             db.close()
@@ -152,7 +172,8 @@ class HashCache:
             key = (k.dev, k.ino)
             row = rows.get(key)
             if row is not None and row[2] == k.size and row[3] == k.mtime_ns:
-                found[key] = Hashes._make(row[4:])
+                # tuple.__new__: a namedtuple's _make costs a fifth of this lookup.
+                found[key] = tuple.__new__(Hashes, row[4:])
         return found
 
     def store(self, rows: Iterable[tuple[CacheKey, Hashes]]) -> int:
@@ -170,14 +191,16 @@ class HashCache:
                 )
         return len(params)
 
-    def load_result(self, scope: str, fingerprint: bytes) -> str | None:
+    def load_result(self, scope: str, fingerprint: bytes) -> bytes | None:
         """The whole-scan result stored for ``scope``, if taken from the same tree state."""
         row = self._db.execute(
             "SELECT fingerprint, payload FROM results WHERE scope = ?", (scope,)
         ).fetchone()
-        return str(row[1]) if row is not None and row[0] == fingerprint else None
+        if row is None or row[0] != fingerprint or not isinstance(row[1], bytes):
+            return None
+        return row[1]
 
-    def store_result(self, scope: str, fingerprint: bytes, payload: str) -> None:
+    def store_result(self, scope: str, fingerprint: bytes, payload: bytes) -> None:
         """Keep one result per scope (roots, algorithm, options): the latest."""
         with self._db:
             self._db.execute("BEGIN")

@@ -2,39 +2,55 @@
 
 The duplicate finder and the organizer scan both start here, and on trees of
 hundreds of thousands of files the per-file Python work is what costs, so
-entries are plain named tuples with ``str`` paths (no ``Path`` objects), the
-walk is an explicit stack of ``os.scandir`` calls (no recursion limit), and the
-file type comes from ``d_type`` without a syscall. Symlinks are never followed
-and never yielded, and neither are sockets, FIFOs or device nodes: only
-regular files carry content worth comparing or organizing.
+entries are plain tuples with ``str`` paths (no ``Path`` objects), the walk is
+an explicit stack of ``os.scandir`` calls (no recursion limit), and the file
+type comes from ``d_type`` without a syscall. Symlinks are never followed and
+never yielded, and neither are sockets, FIFOs or device nodes: only regular
+files carry content worth comparing or organizing.
+
+A warm duplicate re-scan is little more than this walk plus the interpreter's
+start, so this module imports nothing beyond ``os`` and ``collections`` (which
+``sqlite3`` loads anyway): ``typing`` alone, with the ``re`` it pulls in, would
+add a tenth to that re-scan.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import NamedTuple
+
+    class FileEntry(NamedTuple):
+        path: str
+        size: int
+        mtime_ns: int
+        dev: int
+        ino: int
+        nlink: int
+        ctime_ns: int = 0
+
+    # A FileEntry's fields as a plain tuple, in the same order.
+    Row = tuple[str, int, int, int, int, int, int]
+else:
+    FileEntry = namedtuple(
+        "FileEntry", "path size mtime_ns dev ino nlink ctime_ns", defaults=(0,), module=__name__
+    )
+    FileEntry.__doc__ = """One regular file as seen by the walk (``lstat`` fields, path as ``str``).
+
+    ``ctime_ns`` is not part of the hash cache key (that is (dev, ino, size,
+    mtime)); it makes the whole-result fingerprint notice a write whose mtime
+    was put back.
+    """
 
 # How many directories to walk between two polls of ``should_cancel``.
 CANCEL_POLL_DIRS = 64
 
-
-class FileEntry(NamedTuple):
-    """One regular file as seen by the walk (``lstat`` fields, path as ``str``)."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    dev: int
-    ino: int
-    nlink: int
-    # Not part of the hash cache key (that is (dev, ino, size, mtime)); it makes
-    # the whole-result fingerprint notice a write whose mtime was put back.
-    ctime_ns: int = 0
-
-
-# tuple.__new__ skips the NamedTuple's Python-level __new__: a tenth of the walk.
+# tuple.__new__ skips the namedtuple's Python-level __new__: a tenth of the walk.
 _new = tuple.__new__
 
 
@@ -63,6 +79,10 @@ def normalize_roots(roots: Iterable[str | os.PathLike[str]]) -> list[str]:
     return kept
 
 
+def _row(path: str, st: os.stat_result) -> Row:
+    return (path, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_nlink, st.st_ctime_ns)
+
+
 def walk(
     roots: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     *,
@@ -76,9 +96,26 @@ def walk(
     they raise. ``should_cancel`` is polled every few directories and raises
     :class:`~diskvault.tools.process.Cancelled`.
     """
+    for rows in walk_rows(roots, on_error=on_error, should_cancel=should_cancel):
+        for row in rows:
+            yield _new(FileEntry, row)
+
+
+def walk_rows(
+    roots: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    on_error: Callable[[OSError], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Iterator[list[Row]]:
+    """:func:`walk` as plain tuples (:class:`FileEntry` fields), one list per directory.
+
+    For callers that look at every file only in bulk: plain tuples are
+    cheaper to build, and ``marshal`` serializes them in one call.
+    """
     if isinstance(roots, str | os.PathLike):
         roots = [roots]
     stack: list[str] = []
+    files: list[Row] = []
     for root in normalize_roots(roots):
         try:
             st = os.stat(root)  # a root given as a symlink is followed, like find -H
@@ -90,9 +127,9 @@ def walk(
         if stat.S_ISDIR(st.st_mode):
             stack.append(root)
         elif stat.S_ISREG(st.st_mode):
-            yield FileEntry(
-                root, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_nlink, st.st_ctime_ns
-            )
+            files.append(_row(root, st))
+    if files:
+        yield files
 
     dirs_done = 0
     while stack:
@@ -110,6 +147,8 @@ def walk(
                 raise
             on_error(exc)
             continue
+        rows: list[Row] = []
+        append = rows.append
         try:
             with os.scandir(fd) as it:
                 for entry in it:
@@ -118,8 +157,7 @@ def walk(
                         # need one type check, not two.
                         if entry.is_file(follow_symlinks=False):
                             st = entry.stat(follow_symlinks=False)
-                            yield _new(
-                                FileEntry,
+                            append(
                                 (
                                     prefix + entry.name,
                                     st.st_size,
@@ -128,7 +166,7 @@ def walk(
                                     st.st_ino,
                                     st.st_nlink,
                                     st.st_ctime_ns,
-                                ),
+                                )
                             )
                         elif entry.is_dir(follow_symlinks=False):
                             stack.append(prefix + entry.name)
@@ -138,3 +176,5 @@ def walk(
                         on_error(OSError(exc.errno, exc.strerror, prefix + entry.name))
         finally:
             os.close(fd)
+        if rows:
+            yield rows
