@@ -116,16 +116,21 @@ def refresh(session: Session, chain: BackupChain) -> None:
 # -- sidecars -------------------------------------------------------------------
 
 
-def sidecar(point: Backup, *, base: dict[str, Any], image: Path) -> dict[str, Any]:
-    """The sidecar for ``point`` as stored now: ``base`` holds what only the run knows."""
+def sidecar(
+    point: Backup,
+    *,
+    base: dict[str, Any],
+    image: Path,
+    sums: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The sidecar for ``point`` as stored now: ``base`` holds what only the run knows;
+    ``sums`` are checksums just taken of the point's files, else they are read now."""
     parent_file = base.get("parent", {}) or {}
-    sums = dict(base.get("checksums", {}))
-    sums[image.name] = checksums.digest_file(image)
-    extra = repo_files.hashmap_path(image)
-    if extra.exists():
-        sums[extra.name] = checksums.digest_file(extra)
-    for stale in [k for k in sums if k not in (image.name, extra.name)]:
-        del sums[stale]
+    if sums is None:
+        sums = {image.name: checksums.digest_file(image)}
+        extra = repo_files.hashmap_path(image)
+        if extra.exists():
+            sums[extra.name] = checksums.digest_file(extra)
     return {
         **base,
         "format": repo_files.SIDECAR_FORMAT,
@@ -155,14 +160,19 @@ def sidecar(point: Backup, *, base: dict[str, Any], image: Path) -> dict[str, An
 
 
 def rewrite_sidecar(
-    point: Backup, image: Path, *, previous: Path | None = None, **changes: Any
+    point: Backup,
+    image: Path,
+    *,
+    previous: Path | None = None,
+    sums: dict[str, dict[str, Any]] | None = None,
+    **changes: Any,
 ) -> None:
     """Re-record a point whose file changed (checksums, size, parent name); ``previous``
     is where its sidecar was before a rename."""
     old = previous or repo_files.sidecar_path(image)
     base = repo_files.read_sidecar(old) if old.exists() else {}
     base.update(changes)
-    data = sidecar(point, base=base, image=image)
+    data = sidecar(point, base=base, image=image, sums=sums)
     point.file_size = data["file_size"]
     repo_files.write_json_atomic(repo_files.sidecar_path(image), data)
 

@@ -1,6 +1,6 @@
 """One backup run of a source: for each disk, under the disk's lock, plan a full
-or an incremental, copy into ``*.partial``, checksum, write the sidecar, rename,
-record, and only then advance the source's change tracking.
+or an incremental, copy into ``*.partial``, fsync and checksum it, rename, write
+the sidecar, record, and only then advance the source's change tracking.
 
 A failure or cancel removes the partial files and leaves the change tracking as
 it was, so the next incremental covers every change since the last success.
@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from diskvault.backups import chain as chains
+from diskvault.backups import checksums
 from diskvault.backups import repository as repo_files
 from diskvault.backups.errors import RepositoryFull, SourceNotFound
 from diskvault.backups.locks import disk_lock, lock_key
@@ -216,7 +217,14 @@ def _locked(
         )
         copied = session.copy(repo_files.partial(final), plan, previous)
         extras = copied.extra
-        _publish(settings, backup_id, final, copied, previous, source, days, flag_ok)
+        # For targets written by our daemons the only fsync (see daemon.TARGET_OPTIONS).
+        sums = checksums.seal(
+            {
+                final.name: repo_files.partial(final),
+                **{final.with_suffix(suffix).name: path for suffix, path in extras.items()},
+            }
+        )
+        _publish(settings, backup_id, final, copied, sums, previous, source, days, flag_ok)
     except BaseException as exc:
         session.close()
         if final is not None:
@@ -287,13 +295,15 @@ def _publish(
     backup_id: str,
     final: Path,
     copied: Any,
+    sums: dict[str, Any],
     previous: Previous | None,
     source: Any,
     days: float,
     flag_ok: bool,
 ) -> None:
     """The image under its final name, then its sidecar, then the DB row (a crash in
-    between leaves files that the failure hook or the next run removes)."""
+    between leaves files that the failure hook or the next run removes). ``sums`` are
+    the checksums taken of the files, already flushed to disk, before the rename."""
     for suffix, path in copied.extra.items():
         os.replace(path, final.with_suffix(suffix))
     os.replace(repo_files.partial(final), final)
@@ -312,7 +322,7 @@ def _publish(
             "tracking": copied.tracking,
             "parent": {"file": previous.image.name} if previous else None,
         }
-        chains.rewrite_sidecar(point, final, **base)
+        chains.rewrite_sidecar(point, final, sums=sums, **base)
         point.status = BackupStatus.completed
         s.flush()
         chain = s.get(BackupChain, point.chain_id)

@@ -22,6 +22,7 @@ from diskvault.tools.qmp import QmpConnection, QsdError
 SyncMode = Literal["full", "top", "none", "incremental", "bitmap"]
 BitmapMode = Literal["on-success", "never", "always"]
 Progress = Callable[[int, int], None]
+MIN_POLL = 0.002
 
 
 class QsdJobError(QsdError):
@@ -282,7 +283,8 @@ class BlockClient:
         A job that reaches ``ready`` (active commit) is completed. Cancelling or
         timing out cancels the job and raises Cancelled / QsdJobTimeout.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         last: tuple[int, int] | None = None
         while True:
             job = self._job(job_id)
@@ -306,7 +308,20 @@ class BlockClient:
             elif deadline is not None and time.monotonic() > deadline:
                 self._cancel_job(job_id)
                 raise QsdJobTimeout(job_id=job_id, timeout=timeout)
-            time.sleep(poll)
+            elapsed = time.monotonic() - started
+            moving = status in ("created", "running", "waiting", "pending")
+            time.sleep(_pace(poll, done, total, elapsed) if moving else poll)
+
+
+def _pace(poll: float, done: int, total: int, elapsed: float) -> float:
+    """How long to sleep before the next poll: ``poll``, but no longer than the job has
+    run so far nor than it seems to have left at its rate so far, so that the end of
+    a short job (a small incremental backup takes a few ms to a few hundred) is seen
+    within ms rather than after a whole interval."""
+    limit = min(poll, elapsed)
+    if done > 0:
+        limit = min(limit, (total - done) * elapsed / done)
+    return max(MIN_POLL, limit)
 
 
 def connect(socket_path: Path, *, name: str = "qmp", timeout: float = 5.0) -> BlockClient:

@@ -12,8 +12,8 @@ import contextlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -32,6 +32,7 @@ from diskvault.tools.qmp_block import (
 
 QSD_BINARY = "qemu-storage-daemon"
 START_TIMEOUT = 10.0
+EXIT_WAIT = 2.0
 STOP_TIMEOUT = 10.0
 
 __all__ = [
@@ -55,11 +56,6 @@ class FuseExport:
     node_name: str
     path: Path
     writable: bool
-
-
-def _opt(value: object) -> str:
-    """Escape a value for QEMU's ``key=value,...`` option syntax."""
-    return str(value).replace(",", ",,")
 
 
 def kill_stale(workdir: Path) -> bool:
@@ -122,10 +118,23 @@ class QsdServer(BlockClient):
         """Launch QSD and return once a QMP session is established."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
+        # The monitor socket is bound here and handed over, so connecting at once waits
+        # in the backlog until QSD is up (a few ms): polling for the socket to appear
+        # cost a whole sleep interval on every start.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            try:
+                listener.bind(str(self.socket_path))
+                listener.listen(1)
+            except OSError as exc:
+                raise QsdError(action="start", stderr=f"{self.socket_path}: {exc}") from exc
+            cmd = self._launch(listener.fileno())
+        self._handshake(cmd)
+
+    def _launch(self, monitor_fd: int) -> list[str]:
         cmd = [
             self.binary,
             "--chardev",
-            f"socket,path={_opt(self.socket_path)},server=on,wait=off,id=qmp0",
+            f"socket,fd={monitor_fd},server=on,wait=off,id=qmp0",
             "--monitor",
             "chardev=qmp0",
             "--pidfile",
@@ -141,28 +150,31 @@ class QsdServer(BlockClient):
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    pass_fds=(monitor_fd,),
                 )
             except FileNotFoundError as exc:
                 raise ToolMissing(cmd=cmd, path=self.binary) from exc
-        deadline = time.monotonic() + self.start_timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._proc = None
-                raise QsdError(action="start", cmd=cmd, stderr=self._log_tail() or "exited")
-            if self.socket_path.exists():
-                conn = QmpConnection(self.socket_path, name=self.name)
-                try:
-                    conn.connect()
-                except QsdError as exc:
-                    conn.close()
-                    last = exc.stderr
-                else:
-                    self._qmp = conn
-                    return
-            time.sleep(0.05)
-        self.stop()
-        raise QsdError(action="start", cmd=cmd, stderr=f"QMP not ready: {last or self._log_tail()}")
+        return cmd
+
+    def _handshake(self, cmd: list[str]) -> None:
+        assert self._proc is not None
+        conn = QmpConnection(self.socket_path, name=self.name)
+        try:
+            conn.connect(self.start_timeout)
+        except QsdError as exc:
+            conn.close()
+            try:
+                # A QSD that refused its options hangs up the connection as it exits.
+                self._proc.wait(EXIT_WAIT)
+            except subprocess.TimeoutExpired:
+                self.stop()
+                raise QsdError(
+                    action="start", cmd=cmd, stderr=f"QMP not ready: {exc.stderr}"
+                ) from exc
+            self._proc = None
+            self.socket_path.unlink(missing_ok=True)
+            raise QsdError(action="start", cmd=cmd, stderr=self._log_tail() or "exited") from exc
+        self._qmp = conn
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """``quit`` over QMP, then SIGTERM, then SIGKILL; unmount stale FUSE exports."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 from diskvault.config import Settings
 from diskvault.tools import qmp_block
@@ -14,6 +15,11 @@ from diskvault.tools.qsd import QsdError, QsdServer, kill_stale
 JOB_PREFIX = "dvb-"
 TARGET_PREFIX = "dvt-"
 STALE_QUIT_TIMEOUT = 10.0
+# The engine fsyncs each new file once, at the end, while checksumming it. Without
+# no-flush the qcow2 driver also fdatasyncs the target whenever it orders metadata
+# updates during the copy (an incremental took ~40% longer) and on close. Closing the
+# node still writes the metadata out.
+TARGET_OPTIONS: dict[str, Any] = {"cache": {"no-flush": True}}
 
 
 def start_daemon(workdir: Path, settings: Settings, name: str) -> QsdServer:

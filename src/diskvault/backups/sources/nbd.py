@@ -25,7 +25,12 @@ from diskvault.backups.sources.base import (
     create_target,
     disk_list,
 )
-from diskvault.backups.sources.daemon import JOB_PREFIX, TARGET_PREFIX, start_daemon
+from diskvault.backups.sources.daemon import (
+    JOB_PREFIX,
+    TARGET_OPTIONS,
+    TARGET_PREFIX,
+    start_daemon,
+)
 from diskvault.backups.sources.pump import copy_extents, fuse_view, target_view
 from diskvault.backups.sources.qcow2 import POLL, common_reason
 from diskvault.tools import nbd
@@ -121,7 +126,7 @@ class NbdSession:
     def _copy_full(self, server: QsdServer, target: Path, plan: Plan) -> int:
         short = self.opts.backup_id[:12]
         node, job = f"{TARGET_PREFIX}{short}", f"{JOB_PREFIX}{short}"
-        server.blockdev_add(node, "qcow2", filename=target)
+        server.blockdev_add(node, "qcow2", filename=target, **TARGET_OPTIONS)
         server.blockdev_backup(job, "src", node, sync="full", speed=self.opts.speed)
         server.wait_job(
             job, progress=self.opts.progress, should_cancel=self.opts.should_cancel, poll=POLL

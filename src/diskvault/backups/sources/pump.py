@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from diskvault.backups.sources.daemon import TARGET_PREFIX
+from diskvault.backups.sources.daemon import TARGET_OPTIONS, TARGET_PREFIX
 from diskvault.tools.process import Cancelled
 from diskvault.tools.qsd import QsdServer
 
@@ -27,9 +27,9 @@ def fuse_view(server: QsdServer, node: str, path: Path, *, writable: bool) -> It
     export = server.add_fuse_export(f"{node}-fuse", node, path, writable=writable)
     fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
     try:
+        # No fsync here: closing the node writes out its metadata, and the engine
+        # fsyncs the target file itself.
         yield fd
-        if writable:
-            os.fsync(fd)
     finally:
         os.close(fd)
         server.export_del(export.export_id)
@@ -39,7 +39,7 @@ def fuse_view(server: QsdServer, node: str, path: Path, *, writable: bool) -> It
 @contextlib.contextmanager
 def target_view(server: QsdServer, target: Path, short_id: str) -> Iterator[int]:
     node = f"{TARGET_PREFIX}{short_id}"
-    opts: dict[str, Any] = {"detect-zeroes": "on"}
+    opts: dict[str, Any] = {**TARGET_OPTIONS, "detect-zeroes": "on"}
     server.blockdev_add(node, "qcow2", filename=target, **opts)
     try:
         with fuse_view(server, node, server.workdir / f"{node}.raw", writable=True) as fd:

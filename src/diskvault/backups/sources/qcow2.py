@@ -27,12 +27,20 @@ from diskvault.backups.sources.base import (
     create_target,
     tracking_name,
 )
-from diskvault.backups.sources.daemon import JOB_PREFIX, TARGET_PREFIX, start_daemon
+from diskvault.backups.sources.daemon import (
+    JOB_PREFIX,
+    TARGET_OPTIONS,
+    TARGET_PREFIX,
+    start_daemon,
+)
 from diskvault.tools.qmp_block import BlockClient, backup_action, bitmap_add_action
 from diskvault.tools.qsd import QsdError
 
-# copy_file_range between the image files (QEMU falls back to read/write where the
-# files cannot do it, e.g. an NBD source) in big chunks: 2-3x faster than the default.
+# A full reads the whole image in order: copy_file_range between the files (QEMU
+# falls back to read/write where it cannot, e.g. an NBD source) in big chunks is 2-3x
+# faster than the default. An incremental reads scattered clusters, where the page
+# cache reads ahead of each splice and doubles the bytes read: plain read/write is
+# about 15% faster there.
 FAST_COPY = {"use-copy-range": True, "max-chunk": 64 * 1024 * 1024}
 POLL = 0.02
 
@@ -65,18 +73,22 @@ class BitmapSession:
         self._committed = False
 
     def plan(self, want: Kind, previous: Previous | None) -> Plan:
-        size = int(self.client.query_node(self.node)["image"]["virtual-size"])
+        node = self.client.query_node(self.node)
+        size = int(node["image"]["virtual-size"])
         if want == "full":
             return Plan("full", size)
-        reason = common_reason(previous, size) or self._bitmap_problem(previous)
+        bitmaps = node.get("dirty-bitmaps", [])
+        reason = common_reason(previous, size) or self._bitmap_problem(previous, bitmaps)
         return Plan("full", size, reason) if reason else Plan("incremental", size)
 
-    def _bitmap_problem(self, previous: Previous | None) -> str | None:
+    def _bitmap_problem(
+        self, previous: Previous | None, bitmaps: list[dict[str, Any]]
+    ) -> str | None:
         assert previous is not None
         name = previous.tracking.get("bitmap")
         if previous.tracking.get("kind") != "bitmap" or not name:
             return f"restore point {previous.backup_id} has no dirty bitmap on record"
-        found = {b["name"]: b for b in self.client.query_bitmaps(self.node)}
+        found = {b["name"]: b for b in bitmaps}
         bitmap = found.get(name)
         if bitmap is None:
             return (
@@ -94,7 +106,7 @@ class BitmapSession:
         short = self.opts.backup_id[:12]
         node, job = f"{TARGET_PREFIX}{short}", f"{JOB_PREFIX}{short}"
         create_target(target, plan, previous, self.opts.settings.QEMU_IMG_PATH)
-        self.client.blockdev_add(node, "qcow2", filename=target)
+        self.client.blockdev_add(node, "qcow2", filename=target, **TARGET_OPTIONS)
         self._target = node
         new = tracking_name(self.opts.backup_id)
         if plan.backup_type == "incremental":
@@ -110,7 +122,7 @@ class BitmapSession:
             )
         else:
             backup = backup_action(job, self.node, node, sync="full", speed=self.opts.speed)
-        if self.own:
+        if self.own and plan.backup_type == "full":
             backup["data"]["x-perf"] = FAST_COPY
         self._start(new, backup)
         final = self.client.wait_job(

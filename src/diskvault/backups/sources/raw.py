@@ -109,10 +109,8 @@ class RawSession:
             finally:
                 os.close(src)
         out = partial(hashmap_path(target.with_name(target.name.removesuffix(".partial"))))
-        with open(out, "wb") as fh:
-            fh.write(MAGIC + HEADER.pack(CLUSTER, plan.virtual_size) + digests)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # The engine fsyncs it with the image, while checksumming both.
+        out.write_bytes(MAGIC + HEADER.pack(CLUSTER, plan.virtual_size) + digests)
         digest = file_digest(out)
         tracking = {"kind": "hashmap", "digest": digest, "cluster_size": CLUSTER}
         return Copied(tracking, written, change_id=digest, extra={".hashmap": out})
