@@ -12,10 +12,8 @@ import hashlib
 import mmap
 import os
 import shutil
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,38 +139,6 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
-@contextmanager
-def _flushing(path: Path, interval: float = 0.25) -> Iterator[None]:
-    """While the body writes ``path`` (qemu-img may create it), keep starting its writeback.
-
-    The fsync that follows then waits only for the last moments' data instead of
-    all of it, and the writer stays clear of the kernel's dirty-page throttling.
-    """
-    stop = threading.Event()
-
-    def run() -> None:
-        fd = None
-        try:
-            while not stop.wait(interval):
-                if fd is None:
-                    try:
-                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    except FileNotFoundError:
-                        continue
-                start_writeback(fd, 0, 0)  # 0 bytes: to the end of the file
-        finally:
-            if fd is not None:
-                os.close(fd)
-
-    thread = threading.Thread(target=run, name="writeback", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -228,35 +194,33 @@ def convert_file(
         digest = None
         if sha256 and dst_fmt == "raw" and not compress and not options:
             size = int(qemu_img.info(src, src_fmt, binary=binary)["virtual-size"])
-            with _flushing(partial):
-                digest = _convert_raw_hashing(
-                    src,
-                    src_fmt,
-                    partial,
-                    size,
-                    binary=binary,
-                    progress=progress,
-                    sha256_progress=sha256_progress,
-                    should_cancel=should_cancel,
-                    rate_limit=rate_limit,
-                )
+            digest = _convert_raw_hashing(
+                src,
+                src_fmt,
+                partial,
+                size,
+                binary=binary,
+                progress=progress,
+                sha256_progress=sha256_progress,
+                should_cancel=should_cancel,
+                rate_limit=rate_limit,
+            )
         else:
-            with _flushing(partial):
-                qemu_img.convert(
-                    src,
-                    src_fmt,
-                    partial,
-                    dst_fmt,
-                    progress=progress,
-                    should_cancel=should_cancel,
-                    sparse=True,
-                    out_of_order=True,
-                    coroutines=8,
-                    compress=compress,
-                    rate_limit=rate_limit or None,
-                    options=options,
-                    binary=binary,
-                )
+            qemu_img.convert(
+                src,
+                src_fmt,
+                partial,
+                dst_fmt,
+                progress=progress,
+                should_cancel=should_cancel,
+                sparse=True,
+                out_of_order=True,
+                coroutines=8,
+                compress=compress,
+                rate_limit=rate_limit or None,
+                options=options,
+                binary=binary,
+            )
             if sha256:
                 with ThreadPoolExecutor(1, thread_name_prefix="fsync") as pool:
                     flushed = pool.submit(fsync_file, partial)
