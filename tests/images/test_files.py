@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -147,24 +146,6 @@ def test_space_needed_counts_data_not_virtual_size(tmp_path: Path) -> None:
     assert 2 * MiB <= space_needed(src, "qcow2", "raw", binary="qemu-img") < 3 * MiB
     assert 2 * MiB <= space_needed(src, "qcow2", "qcow2", binary="qemu-img") < 4 * MiB
     assert space_needed(src, "qcow2", "vhdx", binary="qemu-img") > 2 * MiB
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {result.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], timeout=30, check=True)
 
 
 def test_convert_fails_early_when_the_output_cannot_fit(tmp_path: Path, small_fs: Path) -> None:

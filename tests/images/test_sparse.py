@@ -13,6 +13,7 @@ import pytest
 from diskvault.images import sparse, upload
 from diskvault.images.errors import InvalidUpload, UploadTooLarge
 from diskvault.images.files import allocated_bytes
+from diskvault.storage.errors import StorageFull
 
 MiB = 1024 * 1024
 
@@ -108,3 +109,12 @@ def test_a_record_past_the_limit_is_refused_before_its_data(tmp_path: Path) -> N
     with pytest.raises(UploadTooLarge):
         receive(sparse.HEADER.pack(1 << 30, 16) + b"x" * 16, dest, limit=MiB)
     assert not dest.exists()
+
+
+def test_a_full_disk_stops_the_upload_cleanly(tmp_path: Path, small_fs: Path) -> None:
+    src = tmp_path / "big.img"
+    src.write_bytes(os.urandom(12 * MiB))
+    dest = small_fs / "x.partial"
+    with pytest.raises(StorageFull):
+        receive(b"".join(sparse.encode(src)), dest)
+    assert list(small_fs.iterdir()) == []

@@ -6,7 +6,6 @@ so both convert with the same qemu-img options and the same safety rules.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import mmap
@@ -119,24 +118,6 @@ def _tick(progress: Progress | None, should_cancel: Cancel | None, done: int) ->
 
 def allocated_bytes(path: Path) -> int:
     return os.stat(path).st_blocks * 512
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_sync_file_range = getattr(_libc, "sync_file_range", None)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing ``[offset, offset+length)`` to disk now, without waiting for it.
-
-    A large upload left dirty in the page cache makes the conversion that follows
-    hit the kernel's dirty-page throttling; flushing as it arrives avoids that.
-    Best effort: where the call is missing or refused, the kernel flushes later.
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_file(path: Path) -> None:

@@ -6,9 +6,9 @@ which carries only the file's data.
 
 Starlette's ``request.form()`` spools the file to a temporary file first (a
 second copy). Here ``python_multipart``'s streaming parser runs on
-``request.stream()`` and file bytes are copied into one of two large buffers;
-a full buffer is written and hashed in a worker thread while the event loop
-fills the other, so the network, the hash and the disk overlap.
+``request.stream()`` and file bytes are copied into one of a few large
+buffers; full buffers are hashed in one thread and written in another while the
+event loop fills the next, so the network, the hash and the disk overlap.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from diskvault.images import sparse
 from diskvault.images.errors import InvalidUpload, UploadTooLarge
-from diskvault.images.files import start_writeback
 from diskvault.storage.base import os_errors
 
 MiB = 1024 * 1024
-BATCH = 8 * MiB
+BATCH = 4 * MiB
+BUFFERS = 4
 MAX_FIELDS_BYTES = 64 * 1024
 FILE_FIELD = "file"
 # Zero blocks of this size are not written: a sparse source stays sparse in TEMP_STORAGE_PATH.
@@ -65,7 +67,6 @@ def _write_sparse(fd: int, buf: bytearray, n: int, offset: int) -> None:
         elif zero and run is not None:
             _pwrite_all(fd, view[run : min(start, n)], offset + run)
             run = None
-    start_writeback(fd, offset, n)
 
 
 def _hash_zeros(hasher: Any, n: int) -> None:
@@ -82,18 +83,26 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 class _Sink:
-    """Double-buffered: the event loop fills one buffer while the other is hashed and written."""
+    """A few buffers: the event loop fills one while earlier ones are hashed and written.
+
+    Hashing runs in one thread and writing in another, each in file order (both
+    release the GIL). The loop waits only when every buffer is still in use, so a
+    burst from the network or a long run of zeros to hash does not stall the others.
+    """
 
     def __init__(self, fd: int, limit: int) -> None:
         self.fd = fd
         self.limit = limit
         self.hasher = hashlib.sha256()
         self.size = 0
-        self._buf = bytearray(BATCH)
-        self._spare = bytearray(BATCH)
+        self._free = [bytearray(BATCH) for _ in range(BUFFERS)]
+        self._buf: bytearray | None = None
         self._n = 0
         self._written = 0
-        self._inflight: list[asyncio.Future[None]] = []
+        self._hash_lane = ThreadPoolExecutor(1, thread_name_prefix="upload-sha256")
+        self._write_lane = ThreadPoolExecutor(1, thread_name_prefix="upload-write")
+        # Work handed to the lanes, oldest first, with the buffer it holds (None for zeros).
+        self._pending: deque[tuple[bytearray | None, list[asyncio.Future[None]]]] = deque()
 
     def _count(self, n: int) -> None:
         self.size += n
@@ -103,53 +112,69 @@ class _Sink:
     async def feed(self, data: memoryview) -> None:
         self._count(len(data))
         while data:
+            if self._buf is None:
+                while not self._free:
+                    await self._retire_oldest()
+                self._buf, self._n = self._free.pop(), 0
             k = min(len(data), BATCH - self._n)
             self._buf[self._n : self._n + k] = data[:k]
             self._n += k
             data = data[k:]
             if self._n == BATCH:
-                await self.flush()
+                self.flush()
 
-    async def flush(self) -> None:
-        await self.settle()
-        if not self._n:
+    def flush(self) -> None:
+        """Hand the buffer being filled to the lanes."""
+        buf, n = self._buf, self._n
+        self._buf, self._n = None, 0
+        if buf is None:
             return
-        loop = asyncio.get_running_loop()
-        # Hash and write in two threads at once (both release the GIL); one batch in flight
-        # keeps the hash sequential.
-        view = memoryview(self._buf)[: self._n]
-        self._inflight = [
-            loop.run_in_executor(None, self.hasher.update, view),
-            loop.run_in_executor(None, _write_sparse, self.fd, self._buf, self._n, self._written),
+        if not n:
+            self._free.append(buf)
+            return
+        work = [
+            asyncio.wrap_future(self._hash_lane.submit(self.hasher.update, memoryview(buf)[:n])),
+            asyncio.wrap_future(
+                self._write_lane.submit(_write_sparse, self.fd, buf, n, self._written)
+            ),
         ]
-        self._written += self._n
-        self._buf, self._spare, self._n = self._spare, self._buf, 0
+        self._written += n
+        self._pending.append((buf, work))
 
-    async def zeros(self, n: int) -> None:
+    def zeros(self, n: int) -> None:
         """``n`` zero bytes at the current position: hashed in order, left as a hole."""
         self._count(n)
-        await self.flush()
-        await self.settle()
-        loop = asyncio.get_running_loop()
-        self._inflight = [loop.run_in_executor(None, _hash_zeros, self.hasher, n)]
+        self.flush()
+        work = asyncio.wrap_future(self._hash_lane.submit(_hash_zeros, self.hasher, n))
+        self._pending.append((None, [work]))
         self._written += n
 
+    async def _retire_oldest(self) -> None:
+        buf, work = self._pending.popleft()
+        await asyncio.wait(work)
+        for future in work:
+            future.result()
+        if buf is not None:
+            self._free.append(buf)
+
+    async def settle(self) -> None:
+        """Wait for all handed-out work, raising the first error."""
+        while self._pending:
+            await self._retire_oldest()
+
     async def abandon(self) -> None:
-        """Wait for the batch in flight and drop its outcome: the upload failed already."""
-        inflight, self._inflight = self._inflight, []
-        if inflight:
-            await asyncio.wait(inflight)
-            for future in inflight:
+        """Wait for the work in flight and drop its outcome: the upload failed already."""
+        work = [future for _, futures in self._pending for future in futures]
+        self._pending.clear()
+        if work:
+            await asyncio.wait(work)
+            for future in work:
                 if not future.cancelled():
                     future.exception()
 
-    async def settle(self) -> None:
-        """Wait for the batch in flight, raising its error."""
-        inflight, self._inflight = self._inflight, []
-        if inflight:
-            await asyncio.wait(inflight)
-            for future in inflight:
-                future.result()
+    def close(self) -> None:
+        self._hash_lane.shutdown()
+        self._write_lane.shutdown()
 
 
 class _Form:
@@ -224,7 +249,7 @@ async def _land(dest: Path, limit: int, body: Callable[[_Sink], Awaitable[None]]
     try:
         with os_errors(dest.name, "TEMP_STORAGE_PATH"):
             await body(sink)
-            await sink.flush()
+            sink.flush()
             await sink.settle()
             os.ftruncate(fd, sink.size)
     except BaseException:
@@ -232,6 +257,8 @@ async def _land(dest: Path, limit: int, body: Callable[[_Sink], Awaitable[None]]
         os.close(fd)
         dest.unlink(missing_ok=True)
         raise
+    finally:
+        sink.close()
     os.close(fd)
     return sink
 
@@ -273,7 +300,7 @@ async def receive_sparse(chunks: AsyncIterator[bytes], dest: Path, *, limit: int
         async for chunk in chunks:
             for item in decoder.feed(chunk):
                 if isinstance(item, int):
-                    await sink.zeros(item)
+                    sink.zeros(item)
                 else:
                     await sink.feed(item)
         decoder.finish()
