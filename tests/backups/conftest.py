@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from diskvault.config import Settings
-from support.backups_env import add_repo, make_settings
+from support.backups_env import add_repo, add_source, create_disk, make_settings
 
 
 @pytest.fixture
@@ -64,3 +64,11 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
+
+
+@pytest.fixture
+def disk(bsettings: Settings, tmp_path: Path) -> Path:
+    """Source ``vm1``: one qcow2 disk."""
+    path = create_disk(tmp_path / "vm1.qcow2")
+    add_source(bsettings, "vm1", "qcow2", disks=[str(path)])
+    return path

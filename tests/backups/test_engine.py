@@ -33,13 +33,6 @@ def bitmaps(path: Path) -> list[str]:
     return [b["name"] for b in data.get("bitmaps", [])]
 
 
-@pytest.fixture
-def disk(bsettings: Settings, tmp_path: Path) -> Path:
-    path = create_disk(tmp_path / "vm1.qcow2")
-    add_source(bsettings, "vm1", "qcow2", disks=[str(path)])
-    return path
-
-
 def test_full_then_five_incrementals_each_point_identical(
     bsettings: Settings, repo: str, disk: Path, tmp_path: Path
 ) -> None:

@@ -18,14 +18,7 @@ from diskvault.backups.sources.qcow2 import FAST_COPY, POLL
 from diskvault.config import Settings
 from diskvault.tools import qmp_block
 from diskvault.tools.qsd import QsdServer
-from support.backups_env import add_source, backup, create_disk, image, write_random
-
-
-@pytest.fixture
-def disk(bsettings: Settings, tmp_path: Path) -> Path:
-    path = create_disk(tmp_path / "vm1.qcow2")
-    add_source(bsettings, "vm1", "qcow2", disks=[str(path)])
-    return path
+from support.backups_env import backup, image, write_random
 
 
 def test_new_file_is_fsynced_and_checksummed_before_its_rename(

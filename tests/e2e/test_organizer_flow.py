@@ -23,6 +23,7 @@ from support.organizer_trees import (
     wait_op,
 )
 from support.server import BIN, ServerProcess
+from support.tmpfs import mounted_tmpfs
 
 RULES = """
 rules:
@@ -268,21 +269,8 @@ def test_cli_scan_plan_apply_rollback(
 
 @pytest.fixture
 def small_tmpfs(shares: Path) -> Iterator[Path]:
-    mnt = shares / "full-destination"
-    mnt.mkdir(exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(shares / "full-destination", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], timeout=30, check=True)
 
 
 def test_full_destination_stops_cleanly_and_rolls_back(

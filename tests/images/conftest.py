@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from diskvault.tools import qemu_img, qemu_io
+from support.tmpfs import mounted_tmpfs
 
 MiB = 1024 * 1024
 SIZE = 16 * MiB
@@ -166,17 +167,5 @@ def moto_s3() -> Iterator[str]:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs: a full disk on demand."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {result.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], timeout=30, check=True)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from diskvault.storage import (
     S3StorageProvider,
     StorageProvider,
 )
+from support.tmpfs import mounted_tmpfs
 
 MiB = 1024 * 1024
 
@@ -83,17 +83,5 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tmpfs(local: LocalStorageProvider) -> Iterator[Path]:
     """A 1 MiB tmpfs at ``mnt/`` in the local root: a second device, and one that fills up."""
-    mnt = local.root / "mnt"
-    mnt.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {result.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(local.root / "mnt", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], timeout=30, check=True)
