@@ -43,6 +43,19 @@ def test_convert_local_with_the_same_inspection(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert dst.read_bytes() == expected_raw(tmp_path / "expected.raw").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw", "disk.vmdk", "expected.raw"]
+    fast = run(
+        "convert",
+        str(src),
+        str(tmp_path / "f.raw"),
+        "--to",
+        "raw",
+        "--local",
+        "--no-sync",
+        cwd=tmp_path,
+    )
+    assert fast.returncode == 0, fast.stderr
+    assert (tmp_path / "f.raw").read_bytes() == dst.read_bytes()
+    (tmp_path / "f.raw").unlink()
 
     evil = tmp_path / "evil.qcow2"
     qemu_img.create(evil, "qcow2", None, backing="/etc/passwd", backing_fmt="raw")

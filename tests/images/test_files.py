@@ -104,6 +104,19 @@ def test_raw_convert_hashes_segments_while_converting(
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_convert_flushes_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushed: list[Path] = []
+    monkeypatch.setattr(files, "fsync_file", flushed.append)
+    src = patterned(tmp_path / "src.qcow2", "qcow2")
+    convert_file(src, "qcow2", tmp_path / "a.raw", "raw")
+    assert flushed == [tmp_path / "a.raw.partial"]
+    convert_file(src, "qcow2", tmp_path / "b.raw", "raw", sync=False)
+    assert flushed == [tmp_path / "a.raw.partial"]
+    assert (tmp_path / "b.raw").read_bytes() == (tmp_path / "a.raw").read_bytes()
+
+
 def test_convert_to_other_formats_hashes_while_flushing(tmp_path: Path) -> None:
     src = patterned(tmp_path / "src.qcow2", "qcow2")
     out = tmp_path / "out.qcow2"

@@ -256,8 +256,14 @@ def convert(
     local: bool = typer.Option(False, "--local", help="convert local files; no server needed"),
     compress: bool = typer.Option(False, "--compress", help="qcow2: compressed clusters"),
     wait: bool = typer.Option(False, "--wait", help="follow the server's conversion job"),
+    sync: bool = typer.Option(
+        True, "--sync/--no-sync", help="with --local: flush DST to disk before naming it"
+    ),
 ) -> None:
     """Convert an image, on the server (by id) or locally (SRC DST --local) with a progress bar.
+
+    --no-sync skips the final flush, as qemu-img and cp do: faster, but after a
+    power cut DST may lack data.
 
     Example: diskvault image convert disk.vhdx disk.raw --to raw --local
     """
@@ -283,6 +289,7 @@ def convert(
             binary=_local_settings().QEMU_IMG_PATH,
             progress=lambda pct: bar.update(task, completed=inspection.virtual_size * pct / 100),
             compress=compress,
+            sync=sync,
         )
     elapsed = time.perf_counter() - started
     console.print(f"{dest}: {to}, {human_bytes(dest.stat().st_size)} in {elapsed:.2f}s")

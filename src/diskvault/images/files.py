@@ -159,13 +159,16 @@ def convert_file(
     options: Mapping[str, qemu_img.OptionValue] | None = None,
     sha256: bool = False,
     sha256_progress: Progress | None = None,
+    sync: bool = True,
 ) -> str | None:
     """Convert ``src`` into ``dst`` via ``dst.partial``, fsync, rename; nothing left on failure.
 
     Free space is checked first. The output is sparse; ``-m 8 -W`` lets qemu-img
     run eight requests at once and write them out of order. With ``sha256`` the
     output's SHA-256 is computed (from the page cache) while it is flushed to
-    disk, and returned.
+    disk, and returned. ``sync=False`` skips the fsync (qemu-img's and cp's
+    behaviour): the rename still never shows a partial file, but after a power cut
+    the output may lack data that was still in the page cache.
     """
     needed = space_needed(src, src_fmt, dst_fmt, binary=binary)
     check_space(dst.parent, needed, f"converting to {dst_fmt}")
@@ -209,10 +212,11 @@ def convert_file(
                         partial, progress=sha256_progress, should_cancel=should_cancel
                     )
                     flushed.result()
-            else:
+            elif sync:
                 fsync_file(partial)
         os.replace(partial, dst)
-        fsync_dir(dst.parent)
+        if sync:
+            fsync_dir(dst.parent)
         return digest
     except QemuImgError as exc:
         partial.unlink(missing_ok=True)
