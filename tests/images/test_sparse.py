@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from starlette.requests import ClientDisconnect
 
 from diskvault.images import sparse, upload
 from diskvault.images.errors import InvalidUpload, UploadTooLarge
@@ -118,3 +119,31 @@ def test_a_full_disk_stops_the_upload_cleanly(tmp_path: Path, small_fs: Path) ->
     with pytest.raises(StorageFull):
         receive(b"".join(sparse.encode(src)), dest)
     assert list(small_fs.iterdir()) == []
+
+
+def test_a_dropped_upload_stops_hashing_a_huge_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    updates: list[int] = []
+    real_sha256 = hashlib.sha256
+
+    class Counting:
+        def __init__(self) -> None:
+            self.inner = real_sha256()
+
+        def update(self, data: memoryview) -> None:
+            updates.append(len(data))
+            self.inner.update(data)
+
+    monkeypatch.setattr(upload.hashlib, "sha256", Counting)
+    gap = 16 << 30  # 16 GiB of zeros: about 10 s of hashing if nothing stops it
+
+    async def dropped() -> AsyncIterator[bytes]:
+        yield sparse.HEADER.pack(gap, 4) + b"data"
+        raise ClientDisconnect()
+
+    dest = tmp_path / "x.partial"
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(upload.receive_sparse(dropped(), dest, limit=2 * gap))
+    assert not dest.exists()
+    assert sum(updates) < gap // 1000

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,8 +70,10 @@ def _write_sparse(fd: int, buf: bytearray, n: int, offset: int) -> None:
             run = None
 
 
-def _hash_zeros(hasher: Any, n: int) -> None:
-    while n:
+def _hash_zeros(hasher: Any, n: int, stop: threading.Event) -> None:
+    # A stream may declare a gap of up to the size limit (a TiB takes ten minutes to
+    # hash): stop as soon as the upload is abandoned.
+    while n and not stop.is_set():
         k = min(n, BATCH)
         hasher.update(_ZERO_BATCH[:k])
         n -= k
@@ -99,6 +102,7 @@ class _Sink:
         self._buf: bytearray | None = None
         self._n = 0
         self._written = 0
+        self._abandoned = threading.Event()
         self._hash_lane = ThreadPoolExecutor(1, thread_name_prefix="upload-sha256")
         self._write_lane = ThreadPoolExecutor(1, thread_name_prefix="upload-write")
         # Work handed to the lanes, oldest first, with the buffer it holds (None for zeros).
@@ -145,7 +149,9 @@ class _Sink:
         """``n`` zero bytes at the current position: hashed in order, left as a hole."""
         self._count(n)
         self.flush()
-        work = asyncio.wrap_future(self._hash_lane.submit(_hash_zeros, self.hasher, n))
+        work = asyncio.wrap_future(
+            self._hash_lane.submit(_hash_zeros, self.hasher, n, self._abandoned)
+        )
         self._pending.append((None, [work]))
         self._written += n
 
@@ -164,6 +170,7 @@ class _Sink:
 
     async def abandon(self) -> None:
         """Wait for the work in flight and drop its outcome: the upload failed already."""
+        self._abandoned.set()
         work = [future for _, futures in self._pending for future in futures]
         self._pending.clear()
         if work:
