@@ -12,6 +12,7 @@ in order, so the server still computes the whole file's SHA-256 as it arrives.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -25,7 +26,6 @@ MiB = 1024 * 1024
 # Zero detection granularity, and how much the client reads at once.
 UNIT = MiB
 READ = 8 * MiB
-_ZERO_UNIT = bytes(UNIT)
 
 
 def encode(
@@ -54,16 +54,29 @@ def encode(
 
 def _records(data: bytes, offset: int) -> Iterator[bytes]:
     """Records for the non-zero runs of ``data`` (read at ``offset``), zero units dropped."""
+    for start, end in nonzero_runs(data, len(data), UNIT):
+        yield HEADER.pack(offset + start, end - start)
+        yield data[start:end]  # the whole read (no copy) when it holds no zero unit
+
+
+@functools.cache
+def _zeros(block: int) -> bytes:
+    return bytes(block)
+
+
+def nonzero_runs(data: bytes | bytearray, n: int, block: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the runs of ``data[:n]`` left once all-zero ``block``s are dropped."""
+    zeros = _zeros(block)
     run = None
-    for start in range(0, len(data) + UNIT, UNIT):
-        end = min(start + UNIT, len(data))
-        zero = start >= len(data) or data.startswith(_ZERO_UNIT[: end - start], start)
+    for start in range(0, n + block, block):
+        end = min(start + block, n)
+        zero = start >= n or data.startswith(
+            zeros if end - start == block else zeros[: end - start], start
+        )
         if not zero and run is None:
             run = start
         elif zero and run is not None:
-            stop = min(start, len(data))
-            yield HEADER.pack(offset + run, stop - run)
-            yield data[run:stop]  # the whole read (no copy) when it holds no zero unit
+            yield run, min(start, n)
             run = None
 
 

@@ -37,7 +37,6 @@ MAX_FIELDS_BYTES = 64 * 1024
 FILE_FIELD = "file"
 # Zero blocks of this size are not written: a sparse source stays sparse in TEMP_STORAGE_PATH.
 SPARSE_BLOCK = 64 * 1024
-_ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_BATCH = memoryview(bytes(BATCH))
 
 
@@ -59,15 +58,9 @@ class _Part:
 
 def _write_sparse(fd: int, buf: bytearray, n: int, offset: int) -> None:
     """Write ``buf[:n]`` at ``offset``, skipping all-zero blocks (left as holes)."""
-    view = memoryview(buf)[:n]
-    run = None  # start of the pending run of non-zero blocks
-    for start in range(0, n + SPARSE_BLOCK, SPARSE_BLOCK):
-        zero = start >= n or (start + SPARSE_BLOCK <= n and buf.startswith(_ZERO_BLOCK, start))
-        if not zero and run is None:
-            run = start
-        elif zero and run is not None:
-            _pwrite_all(fd, view[run : min(start, n)], offset + run)
-            run = None
+    view = memoryview(buf)
+    for start, end in sparse.nonzero_runs(buf, n, SPARSE_BLOCK):
+        _pwrite_all(fd, view[start:end], offset + start)
 
 
 def _hash_zeros(hasher: Any, n: int, stop: threading.Event) -> None:
