@@ -19,9 +19,11 @@ from sqlalchemy import (
     Text,
     select,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from diskvault.db.base import Base, IdMixin, TimestampMixin, utcnow
+from diskvault.errors import DiskvaultError
 
 
 class RepositoryKind(enum.StrEnum):
@@ -168,3 +170,24 @@ _Named = TypeVar("_Named", BackupRepository, BackupSource, BackupPolicy)
 def by_name_or_id(session: Session, model: type[_Named], ref: str) -> _Named | None:
     """Sources, repositories and policies are addressed by their name or their id."""
     return session.scalar(select(model).where((model.name == ref) | (model.id == ref)))
+
+
+def find_named(
+    session: Session, model: type[_Named], ref: str, missing: type[DiskvaultError]
+) -> _Named:
+    """:func:`by_name_or_id`, raising ``missing(id=ref)`` when there is no such row."""
+    row = by_name_or_id(session, model, ref)
+    if row is None:
+        raise missing(id=ref)
+    return row
+
+
+def insert_named(session: Session, row: _Named, exists: type[DiskvaultError]) -> _Named:
+    """Add and commit ``row``; a name already taken raises ``exists(name=...)``."""
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise exists(name=row.name) from None
+    return row

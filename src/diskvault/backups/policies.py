@@ -10,7 +10,6 @@ from typing import Any
 import structlog
 from croniter import croniter
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from diskvault.api.pagination import PageParams, paginate
@@ -22,7 +21,8 @@ from diskvault.backups.models import (
     BackupChain,
     BackupPolicy,
     BackupStatus,
-    by_name_or_id,
+    find_named,
+    insert_named,
 )
 from diskvault.backups.retention import RULES
 from diskvault.config import Settings
@@ -66,20 +66,11 @@ def create(settings: Settings, session: Session, body: dict[str, Any]) -> Backup
         else None,
         enabled=body.get("enabled", True),
     )
-    session.add(row)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise PolicyExists(name=body["name"]) from None
-    return row
+    return insert_named(session, row, PolicyExists)
 
 
 def get(session: Session, ref: str) -> BackupPolicy:
-    row = by_name_or_id(session, BackupPolicy, ref)
-    if row is None:
-        raise PolicyNotFound(id=ref)
-    return row
+    return find_named(session, BackupPolicy, ref, PolicyNotFound)
 
 
 def list_policies(session: Session, page: PageParams) -> tuple[list[Any], int]:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from diskvault.api.pagination import PageParams, paginate
@@ -35,6 +34,8 @@ from diskvault.backups.models import (
     RepositoryKind,
     SourceKind,
     by_name_or_id,
+    find_named,
+    insert_named,
 )
 from diskvault.backups.sources import SOURCES
 from diskvault.backups.verify import chain_to
@@ -82,21 +83,11 @@ def create_source(
     session: Session, name: str, kind: SourceKind, body: dict[str, Any]
 ) -> BackupSource:
     config = SOURCES[kind.value].validate(body)
-    row = BackupSource(name=name, kind=kind, config=config)
-    session.add(row)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise SourceExists(name=name) from None
-    return row
+    return insert_named(session, BackupSource(name=name, kind=kind, config=config), SourceExists)
 
 
 def get_source(session: Session, name: str) -> BackupSource:
-    row = by_name_or_id(session, BackupSource, name)
-    if row is None:
-        raise SourceNotFound(id=name)
-    return row
+    return find_named(session, BackupSource, name, SourceNotFound)
 
 
 def list_sources(session: Session, page: PageParams) -> tuple[list[Any], int]:
@@ -140,13 +131,7 @@ def create_repository(
             raise InvalidRepository(detail="an s3 repository needs a 'url' (s3://bucket/prefix)")
         provider_from_url(url, settings=settings)  # validates the URL, no network
         row.url = redact_url(url)
-    session.add(row)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise RepositoryExists(name=name) from None
-    return row
+    return insert_named(session, row, RepositoryExists)
 
 
 def get_repository(settings: Settings, session: Session, ref: str | None) -> BackupRepository:
