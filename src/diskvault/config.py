@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     S3_SECRET_ACCESS_KEY: SecretStr | None = None
     DEFAULT_TARGET_FORMAT: str = Field(default="raw", pattern=r"^(raw|qcow2)$")
     MAX_VIRTUAL_SIZE: int = Field(default=4 * 1024**4, gt=0)  # 4 TiB
-    IMPORT_URL_ALLOWED_HOSTS: list[str] = Field(default_factory=list)  # empty: any host
+    # Names, addresses or networks URL imports may reach even when they are internal
+    # (loopback, private, link-local, metadata); public addresses need no entry.
+    IMPORT_URL_ALLOWED_HOSTS: list[str] = Field(default_factory=list)
     IMPORT_URL_ALLOWED_PORTS: list[int] = Field(default_factory=lambda: [80, 443])
     IMPORT_URL_TIMEOUT_S: float = Field(default=60.0, gt=0)  # connect/read stall, not total
     IMAGE_CONVERT_RATE_LIMIT: int = Field(default=0, ge=0)  # bytes/s per conversion; 0: unlimited

@@ -244,6 +244,8 @@ def test_import_path(
     body = assert_problem(api.post("/api/v1/images/import", json={"path": str(evil)}), 422)
     assert body["reason"] == "backing-file"
     assert_problem(api.post("/api/v1/images/import", json={}), 422)
+    nul = assert_problem(api.post("/api/v1/images/import", json={"path": f"{src}\0x"}), 400)
+    assert "NUL" in nul["detail"]
 
 
 def test_import_url_with_allowlisted_port_and_redirects(
@@ -258,6 +260,15 @@ def test_import_url_with_allowlisted_port_and_redirects(
     ):
         assert_problem(api.post("/api/v1/images/import", json={"url": srv.url("disk.vdi")}), 403)
         settings.IMPORT_URL_ALLOWED_PORTS = [srv.port]
+        for host in ("127.0.0.1", "localhost", "2130706433"):
+            url = f"http://{host}:{srv.port}/disk.vdi"
+            body = assert_problem(api.post("/api/v1/images/import", json={"url": url}), 403)
+            assert body["reason"] == "loopback"
+            assert body["setting"] == "DISKVAULT_IMPORT_URL_ALLOWED_HOSTS"
+            assert "DISKVAULT_IMPORT_URL_ALLOWED_HOSTS" in body["detail"]
+        assert api.get("/api/v1/images").json()["total"] == 0
+        assert srv.seen_hosts == []
+        settings.IMPORT_URL_ALLOWED_HOSTS = ["127.0.0.1"]
         image = processed(
             api, settings, api.post("/api/v1/images/import", json={"url": srv.url("latest")})
         )

@@ -5,9 +5,10 @@ from __future__ import annotations
 import errno
 import http.server
 import os
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -117,17 +118,21 @@ def temp_leftovers(data_dir: Path, image_id: str) -> list[str]:
 class FileServer(http.server.ThreadingHTTPServer):
     """A loopback HTTP server for URL imports; ``redirects`` maps a path to a Location."""
 
-    def __init__(self, root: Path, redirects: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, redirects: dict[str, str] | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.root = root
         self.redirects = redirects or {}
-        super().__init__(("127.0.0.1", 0), _Handler)
+        self.host = host
+        self.seen_hosts: list[str] = []  # Host headers received
+        super().__init__((host, 0), _Handler)
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+        return f"http://{self.host}:{self.port}/{path.lstrip('/')}"
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -137,6 +142,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().__init__(request, client_address, server, directory=str(server.root))
 
     def do_GET(self) -> None:
+        self.server.seen_hosts.append(self.headers.get("Host", ""))
         if self.path in self.server.redirects:
             self.send_response(302)
             self.send_header("Location", self.server.redirects[self.path])
@@ -149,8 +155,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def file_server(root: Path, redirects: dict[str, str] | None = None) -> Iterator[FileServer]:
-    server = FileServer(root, redirects)
+def file_server(
+    root: Path, redirects: dict[str, str] | None = None, host: str = "127.0.0.1"
+) -> Iterator[FileServer]:
+    server = FileServer(root, redirects, host)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -158,3 +166,29 @@ def file_server(root: Path, redirects: dict[str, str] | None = None) -> Iterator
     finally:
         server.shutdown()
         server.server_close()
+
+
+DnsAnswer = str | list[str] | Callable[[], str]
+
+
+@contextmanager
+def patched_dns(answers: dict[str, DnsAnswer]) -> Iterator[None]:
+    """Resolve the given names to the given loopback addresses (no DNS server here).
+
+    A callable answer is asked on every lookup, as a rebinding DNS server would answer.
+    """
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        answer = answers[host]
+        found = answer() if callable(answer) else answer
+        names = [found] if isinstance(found, str) else found
+        return [info for name in names for info in real(name, port, *args, **kwargs)]
+
+    socket.getaddrinfo = lookup
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = real

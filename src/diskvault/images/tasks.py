@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
-from diskvault.images import importer, pipeline, service
+from diskvault.images import importer, pipeline, service, urls
 from diskvault.images.models import Image, ImageStatus
 from diskvault.jobs.context import JobContext
 from diskvault.jobs.registry import FailureHook, job_kind
@@ -48,7 +48,7 @@ def import_image(ctx: JobContext) -> dict[str, Any]:
         if ctx.params.get("path"):
             size, sha = importer.copy_path(settings, ctx.params["path"], partial)
         else:
-            size, sha = importer.fetch_url(
+            size, sha = urls.fetch_url(
                 settings,
                 ctx.params["url"],
                 partial,
