@@ -104,7 +104,10 @@ class Settings(BaseSettings):
     BACKUP_MAX_CHAIN_LENGTH: int = Field(default=30, ge=1)
     BACKUP_LOCK_WAIT_S: float = Field(default=6 * 3600.0, gt=0)  # a run waits this long per disk
     BACKUP_POLICY_INTERVAL_S: float = Field(default=30.0, gt=0)  # how often schedules are checked
-    BACKUP_RESTORE_ROOTS: list[Path] = Field(default_factory=list)  # empty: any absolute path
+    BACKUP_RESTORE_ROOTS: list[Path] | None = None  # default [DATA_DIR/restores]; []: none
+    # NBD servers whole-disk restores may write to: "host:port" or a unix socket path.
+    BACKUP_RESTORE_NBD_TARGETS: list[str] = Field(default_factory=list)  # empty: none
+    BACKUP_RESTORE_NBD_TIMEOUT_S: float = Field(default=5.0, gt=0, le=120)
 
     # -- restore --
     RESTORE_IDLE_TIMEOUT_S: int = Field(default=3600, ge=10)
@@ -128,6 +131,8 @@ class Settings(BaseSettings):
             self.WRITEBACK_PATH = data / "writebacks"
         if self.RESTORE_MOUNT_ROOT is None:
             self.RESTORE_MOUNT_ROOT = data / "mounts"
+        if self.BACKUP_RESTORE_ROOTS is None:
+            self.BACKUP_RESTORE_ROOTS = [data / "restores"]
         if not self.DATABASE_URL:
             self.DATABASE_URL = f"sqlite:///{(data / 'diskvault.db').absolute()}"
         return self
@@ -151,6 +156,11 @@ class Settings(BaseSettings):
     def writeback_dir(self) -> Path:
         assert self.WRITEBACK_PATH is not None
         return self.WRITEBACK_PATH
+
+    @property
+    def restore_roots(self) -> list[Path]:
+        assert self.BACKUP_RESTORE_ROOTS is not None
+        return self.BACKUP_RESTORE_ROOTS
 
     @property
     def mount_root(self) -> Path:
@@ -180,6 +190,8 @@ class Settings(BaseSettings):
                 raise ConfigError(setting=f"DISKVAULT_{name}", detail=f"{path} is not a directory")
             if not os.access(path, os.W_OK | os.X_OK):
                 raise ConfigError(setting=f"DISKVAULT_{name}", detail=f"{path} is not writable")
+        if self.restore_roots == [self.DATA_DIR / "restores"]:
+            self.restore_roots[0].mkdir(exist_ok=True)  # the default; others are the admin's
         for root in self.IMPORT_ROOTS:
             if not root.is_dir():
                 raise ConfigError(

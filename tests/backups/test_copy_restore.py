@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,11 @@ import pytest
 from diskvault.backups import chain as chains
 from diskvault.backups import copy as copies
 from diskvault.backups import restore, service
-from diskvault.backups.errors import InvalidRestoreTarget
+from diskvault.backups.errors import (
+    InvalidRestoreTarget,
+    NbdTargetUnavailable,
+    RestoreTargetRefused,
+)
 from diskvault.backups.models import Backup, BackupRepository, RepositoryKind
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
@@ -102,7 +107,8 @@ def test_restore_to_file(
     bsettings: Settings, chain3: list[tuple[str, Path]], tmp_path: Path, fmt: str
 ) -> None:
     backup_id, copy = chain3[1]
-    dest = restore.check_destination(bsettings, str(tmp_path / f"restored.{fmt}"))
+    root = bsettings.DATA_DIR / "restores"  # the default root, made at start-up
+    dest = restore.check_destination(bsettings, str(root / f"restored.{fmt}"))
     seen: list[float] = []
     out = restore.to_file(
         bsettings, backup_id, image(bsettings, backup_id), dest, fmt, progress=seen.append
@@ -121,6 +127,7 @@ def test_restore_to_nbd_overwrites_everything(
     qemu_img.create(target, "qcow2", DISK)
     write_random(target, "qcow2", 0.5, seed=9)  # old data that must not survive
     sock = tmp_path / "restore.sock"
+    bsettings.BACKUP_RESTORE_NBD_TARGETS = [str(sock)]
     with qemu_nbd(target, sock):
         out = restore.to_nbd(
             bsettings,
@@ -141,3 +148,68 @@ def test_restore_point_for_other_domains(
     assert rp.format == "qcow2" and rp.virtual_size == DISK
     assert [p.name for p in rp.chain][-1] == rp.image.name and len(rp.chain) == 3
     assert rp.chain[0].name.startswith("full-")
+
+
+def test_restore_paths_outside_the_roots_are_refused(bsettings: Settings, tmp_path: Path) -> None:
+    """An operator cannot make root write files anywhere (no roots set: DATA_DIR/restores)."""
+    root = bsettings.DATA_DIR / "restores"
+    assert bsettings.restore_roots == [bsettings.DATA_DIR / "restores"] and root.is_dir()
+    (root / "sub").mkdir()
+    (root / "out").symlink_to(tmp_path)
+    (root / "evil.qcow2").symlink_to(tmp_path / "evil.qcow2")
+    for raw in [
+        str(tmp_path / "anywhere.qcow2"),
+        "/etc/cron.d/x",
+        f"{root}/../escaped.qcow2",
+        f"{root}/sub/../../escaped.qcow2",
+        f"{root}/out/through-a-symlink.qcow2",
+    ]:
+        with pytest.raises(RestoreTargetRefused) as caught:
+            restore.check_destination(bsettings, raw)
+        assert caught.value.status == 403
+        assert "DISKVAULT_BACKUP_RESTORE_ROOTS" in caught.value.message
+    with pytest.raises(InvalidRestoreTarget, match="already exists"):
+        restore.check_destination(bsettings, str(root / "evil.qcow2"))  # a dangling link
+    with pytest.raises(InvalidRestoreTarget, match="NUL"):
+        restore.check_destination(bsettings, f"{root}/a\0b")
+    assert restore.check_destination(bsettings, f"{root}/sub/../ok.qcow2") == root / "ok.qcow2"
+    assert sorted(p.name for p in tmp_path.iterdir() if "escaped" in p.name) == []
+    bsettings.BACKUP_RESTORE_ROOTS = []
+    with pytest.raises(RestoreTargetRefused, match="none are configured"):
+        restore.check_destination(bsettings, str(root / "new.qcow2"))
+
+
+def test_nbd_targets_must_be_allowed_and_fail_alike(
+    bsettings: Settings, chain3: list[tuple[str, Path]], tmp_path: Path
+) -> None:
+    backup_id = chain3[2][0]
+
+    def attempt(url: str) -> None:
+        restore.to_nbd(
+            bsettings,
+            backup_id,
+            image(bsettings, backup_id),
+            url,
+            virtual_size=DISK,
+            workdir=tmp_path / "work",
+        )
+
+    with pytest.raises(RestoreTargetRefused, match="none are configured") as caught:
+        attempt("nbd://127.0.0.1:22/x")
+    assert caught.value.fields["setting"] == "DISKVAULT_BACKUP_RESTORE_NBD_TARGETS"
+    with socket.socket() as closed, socket.socket() as silent:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connection refused
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepts, never speaks NBD: the connect timeout
+        ports = [closed.getsockname()[1], silent.getsockname()[1]]
+        bsettings.BACKUP_RESTORE_NBD_TARGETS = [f"127.0.0.1:{p}" for p in ports]
+        bsettings.BACKUP_RESTORE_NBD_TIMEOUT_S = 1.0
+        with pytest.raises(RestoreTargetRefused, match="not an allowed restore target"):
+            attempt("nbd://127.0.0.1:1/x")
+        messages = []
+        for port in ports:
+            with pytest.raises(NbdTargetUnavailable) as failed:
+                attempt(f"nbd://127.0.0.1:{port}/x")
+            messages.append(failed.value.message.replace(str(port), "PORT"))
+    assert messages[0] == messages[1] and "within 1 s" in messages[0]
+    assert not (tmp_path / "work").exists()

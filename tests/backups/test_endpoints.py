@@ -117,3 +117,37 @@ def test_immutable_point_delete_is_409_and_prune_simulates(
     assert len(disk0["keep"]) == 2 and disk0["remove"] == []
     listed = app_client.get("/api/v1/backup/list", params={"vm_name": "vm-a"}, headers=h).json()
     assert listed["total"] == 2
+
+
+def test_restore_targets_are_checked_before_a_job_is_queued(
+    app_client: TestClient, admin_token: str, settings: Settings, tmp_path: Path
+) -> None:
+    h = auth(admin_token)
+    disk = create_disk(tmp_path / "a.qcow2", size=8 * 1024 * 1024)
+    app_client.post(
+        "/api/v1/sources", json={"name": "vm-a", "kind": "qcow2", "path": str(disk)}, headers=h
+    )
+    repo = app_client.post(
+        "/api/v1/repositories", json={"name": "nas", "path": str(tmp_path / "nas")}, headers=h
+    ).json()
+    point = backup(settings, "vm-a", repo["id"])
+    jobs_before = app_client.get("/api/v1/jobs", headers=h).json()["total"]
+
+    def restore(body: dict[str, str]) -> dict[str, object]:
+        resp = app_client.post(f"/api/v1/backup/{point}/restore", json=body, headers=h)
+        return assert_problem(resp, 403)
+
+    for path in ("/etc/cron.d/evil", f"{settings.DATA_DIR}/restores/../secret.key.new"):
+        body = restore({"target": "file", "path": path})
+        assert body["setting"] == "DISKVAULT_BACKUP_RESTORE_ROOTS"
+        assert "DISKVAULT_BACKUP_RESTORE_ROOTS" in str(body["detail"])
+    body = restore({"target": "nbd", "url": "nbd://127.0.0.1:22/x"})
+    assert body["setting"] == "DISKVAULT_BACKUP_RESTORE_NBD_TARGETS"
+    assert app_client.get("/api/v1/jobs", headers=h).json()["total"] == jobs_before
+    assert not Path("/etc/cron.d/evil").exists()
+    ok = app_client.post(
+        f"/api/v1/backup/{point}/restore",
+        json={"target": "file", "path": f"{settings.DATA_DIR}/restores/vm-a.qcow2"},
+        headers=h,
+    )
+    assert ok.status_code == 202, ok.text

@@ -10,7 +10,7 @@ from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.backups import policies, retention, service
 from diskvault.backups.errors import InvalidRestoreTarget, NotSupportedHere
 from diskvault.backups.models import BackupStatus
-from diskvault.backups.restore import check_destination
+from diskvault.backups.restore import check_destination, check_nbd_target
 from diskvault.backups.schemas import (
     BackupOut,
     BackupStart,
@@ -225,8 +225,10 @@ def restore(
     service.completed(db, backup_id, "restored")
     if body.target == "file":
         check_destination(settings, body.path or "")
-    elif body.target == "nbd" and not body.url:
-        raise InvalidRestoreTarget(target="nbd", detail="give 'url'")
+    elif body.target == "nbd":
+        if not body.url:
+            raise InvalidRestoreTarget(target="nbd", detail="give 'url'")
+        check_nbd_target(settings, body.url)
     elif body.target == "image" and not body.image_name:
         raise InvalidRestoreTarget(target="image", detail="give 'image_name'")
     params = {"backup_id": backup_id, **body.model_dump()}

@@ -6,6 +6,7 @@ from diskvault.errors import (
     BadRequest,
     Conflict,
     DiskvaultError,
+    Forbidden,
     InsufficientStorage,
     NotFound,
     ServiceUnavailable,
@@ -60,6 +61,22 @@ class InvalidSchedule(Unprocessable):
 
 class InvalidRestoreTarget(Unprocessable):
     template = "cannot restore to {target}: {detail}"
+
+
+class RestoreTargetRefused(Forbidden):
+    """A restore target outside what an administrator allowed."""
+
+    template = "cannot restore to {target}: {detail}; an administrator can allow it with {setting}"
+    title = "Restore target not allowed"
+
+
+class NbdTargetUnavailable(Unprocessable):
+    """One message for refused, timed-out and non-NBD targets alike (no port probing)."""
+
+    template = (
+        "cannot restore to {target}: the NBD export could not be opened within {timeout:g} s; "
+        "check that the NBD server is running and exports a disk, then retry"
+    )
 
 
 class SourceUnavailable(ServiceUnavailable, BackupError):

@@ -14,12 +14,20 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-from diskvault.backups.errors import InvalidRestoreTarget, RestoreMismatch
+from diskvault.backups.errors import (
+    InvalidRestoreTarget,
+    NbdTargetUnavailable,
+    RestoreMismatch,
+    RestoreTargetRefused,
+)
 from diskvault.backups.sources.daemon import JOB_PREFIX, start_daemon
 from diskvault.backups.sources.nbd import blockdev_server
 from diskvault.config import Settings
+from diskvault.storage import redact_url
 from diskvault.tools import nbd, qemu_img
+from diskvault.tools.process import ToolError
 from diskvault.tools.qsd import QsdError
 
 FORMATS = ("qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc")
@@ -28,19 +36,80 @@ Progress = Callable[[int, int], None]
 
 
 def check_destination(settings: Settings, raw: str) -> Path:
+    """The new file ``raw`` names, with symlinks and ``..`` resolved, inside the roots."""
+    if "\0" in raw:
+        raise InvalidRestoreTarget(target="the given path", detail="a path cannot hold a NUL byte")
     path = Path(raw)
-    if not path.is_absolute():
-        raise InvalidRestoreTarget(target=raw, detail="give an absolute path")
-    if path.exists() or path.with_name(path.name + ".partial").exists():
-        raise InvalidRestoreTarget(target=raw, detail="it already exists; choose a new path")
-    if not path.parent.is_dir():
+    if not path.is_absolute() or path.name in ("", ".", ".."):
+        raise InvalidRestoreTarget(target=raw, detail="give an absolute path to a new file")
+    roots = [r.resolve() for r in settings.restore_roots]
+    # Refuse by name first, so paths outside the roots cannot be probed.
+    _inside_roots(raw, Path(os.path.normpath(path)), roots)
+    try:
+        parent = path.parent.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise InvalidRestoreTarget(target=raw, detail=f"{path.parent} does not exist") from None
+    dest = parent / path.name
+    _inside_roots(raw, dest, roots)
+    if not parent.is_dir():
         raise InvalidRestoreTarget(target=raw, detail=f"{path.parent} is not a directory")
-    roots = [r.resolve() for r in settings.BACKUP_RESTORE_ROOTS]
-    if roots and not any(path.parent.resolve().is_relative_to(r) for r in roots):
-        raise InvalidRestoreTarget(
-            target=raw, detail=f"it is outside DISKVAULT_BACKUP_RESTORE_ROOTS ({roots})"
+    partial = dest.with_name(dest.name + ".partial")
+    if os.path.lexists(dest) or os.path.lexists(partial):
+        raise InvalidRestoreTarget(target=raw, detail="it already exists; choose a new path")
+    return dest
+
+
+def _inside_roots(raw: str, path: Path, roots: list[Path]) -> None:
+    if not any(path.is_relative_to(root) for root in roots):
+        where = ", ".join(map(str, roots)) or "none are configured"
+        raise RestoreTargetRefused(
+            target=raw,
+            detail=f"it is outside the restore roots ({where})",
+            setting="DISKVAULT_BACKUP_RESTORE_ROOTS",
         )
-    return path
+
+
+NBD_SETTING = "DISKVAULT_BACKUP_RESTORE_NBD_TARGETS"
+
+
+def check_nbd_target(settings: Settings, url: str) -> None:
+    """Only NBD servers an administrator listed; ``host:port`` or a unix socket path."""
+    shown = redact_url(url)
+    if any(ord(ch) < 0x20 for ch in url):
+        raise InvalidRestoreTarget(target="the given URL", detail="it holds control characters")
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "nbd+unix":
+            server = os.path.normpath(parse_qs(parts.query).get("socket", [""])[0] or ".")
+        elif parts.scheme == "nbd" and parts.hostname:
+            server = f"{_host(parts.hostname)}:{parts.port or 10809}"
+        else:
+            raise InvalidRestoreTarget(
+                target=shown, detail="give an nbd://host:port/export or nbd+unix:// URL"
+            )
+    except ValueError:
+        raise InvalidRestoreTarget(target=shown, detail="invalid port") from None
+    allowed = {_allowed_entry(e) for e in settings.BACKUP_RESTORE_NBD_TARGETS}
+    if server not in allowed:
+        listed = ", ".join(sorted(allowed)) or "none are configured"
+        raise RestoreTargetRefused(
+            target=shown,
+            detail=f"NBD server {server} is not an allowed restore target ({listed})",
+            setting=NBD_SETTING,
+        )
+
+
+def _host(host: str) -> str:
+    host = host.lower().strip("[]")
+    return f"[{host}]" if ":" in host else host
+
+
+def _allowed_entry(entry: str) -> str:
+    entry = entry.strip()
+    if entry.startswith("/"):
+        return os.path.normpath(entry)
+    host, _, port = entry.rpartition(":")
+    return f"{_host(host)}:{port}" if host else f"{_host(entry)}:10809"
 
 
 def _verified(settings: Settings, image: Path, dest: str, fmt: str, point_id: str) -> None:
@@ -92,10 +161,12 @@ def to_nbd(
     should_cancel: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """QSD copies the chain onto the export (zeros included), then compare."""
+    check_nbd_target(settings, url)
+    timeout = settings.BACKUP_RESTORE_NBD_TIMEOUT_S
     try:
-        size = nbd.export_size(url)
-    except nbd.NbdError as exc:
-        raise InvalidRestoreTarget(target=url, detail=exc.stderr) from exc
+        size = nbd.export_size(url, timeout=timeout)
+    except (ToolError, ValueError):
+        raise NbdTargetUnavailable(target=redact_url(url), timeout=timeout) from None
     if size < virtual_size:
         raise InvalidRestoreTarget(target=url, detail=f"it holds {size} bytes, need {virtual_size}")
     server = start_daemon(workdir, settings, "restore")

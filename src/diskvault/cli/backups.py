@@ -153,7 +153,7 @@ def restore(
 ) -> None:
     """Restore the whole disk of a restore point; the result is compared with it.
 
-    Example: diskvault backup restore 3f2a9c1b7d2e --to /srv/restore/web1.qcow2
+    Example: diskvault backup restore 3f2a9c1b7d2e --to /var/lib/diskvault/restores/web1.qcow2
     """
     client = Client()
     bid = _resolve(client, backup_id)
