@@ -17,6 +17,9 @@ from fastapi.testclient import TestClient
 from support.http import assert_problem
 from support.restore_disks import (
     GUEST_PASSWD,
+    LEGACY_FILE,
+    LEGACY_LINK,
+    LEGACY_TEXT,
     UNICODE_DIR,
     UNICODE_FILE,
     UNICODE_TEXT,
@@ -173,3 +176,44 @@ def test_tar_stream_is_not_staged(world: World, api: TestClient, gpt_mount: str)
         got = sum(len(chunk) for chunk in resp.iter_bytes())
     assert got > BIG
     assert stored_bytes(world) < before + 4 * 1024 * 1024  # only DB and log growth
+
+
+def test_names_that_are_not_utf8_survive_zip_and_tar(
+    world: World, api: TestClient, tmp_path: Path
+) -> None:
+    """A Latin-1 file name used to abort the zip stream half-way (UnicodeEncodeError)."""
+    resp = api.post("/api/v1/restore/mount", json={"backup_id": world.flat_points[-1]})
+    assert resp.status_code == 201, resp.text
+    mount_id = resp.json()["mount_id"]
+    try:
+        raw_file, raw_link = os.fsencode(LEGACY_FILE), os.fsencode(LEGACY_LINK)
+        listed = api.get(f"/api/v1/restore/{mount_id}/files", params={"path": "/legacy"})
+        assert {e["name"] for e in listed.json()["items"]} == {
+            "caf\ufffd.txt",
+            "lien-\ufffd",
+            "plain.txt",
+        }
+        data = fetch(api, mount_id, "/legacy", format="zip").content
+        with zipfile.ZipFile(BytesIO(data)) as z:
+            assert z.testzip() is None
+            infos = {i.filename: i for i in z.infolist()}
+        # Raw bytes without the UTF-8 flag (readers fall back to CP437); UTF-8 names flagged.
+        cp437_file = f"legacy/{raw_file.decode('cp437')}"
+        assert not infos[cp437_file].flag_bits & 0x800
+        assert zip_file(data, cp437_file) == LEGACY_TEXT
+        assert zip_file(data, f"legacy/{raw_link.decode('cp437')}") == raw_file
+        assert zip_file(data, "legacy/plain.txt") == b"plain\n"
+        (tmp_path / "legacy.zip").write_bytes(data)
+        out = tmp_path / "unzipped"
+        unzipped = subprocess.run(
+            ["unzip", "-q", str(tmp_path / "legacy.zip"), "-d", str(out)],
+            capture_output=True,
+            timeout=60,
+        )
+        assert unzipped.returncode == 0, unzipped.stderr
+        assert (out / "legacy" / "plain.txt").read_bytes() == b"plain\n"
+        tar = fetch(api, mount_id, "/legacy").content
+        assert tar_file(tar, f"legacy/{LEGACY_FILE}") == LEGACY_TEXT
+        assert tar_members(tar)[f"legacy/{LEGACY_LINK}"].linkname == LEGACY_FILE
+    finally:
+        assert api.delete(f"/api/v1/restore/{mount_id}").status_code == 200

@@ -94,6 +94,21 @@ def data_tree(tree: Path, fs: str, *, links: bool = True) -> Path:
     return tree
 
 
+# Names from an old Latin-1 system: bytes that are not UTF-8 (é is 0xE9).
+LEGACY_FILE = os.fsdecode(b"caf\xe9.txt")
+LEGACY_LINK = os.fsdecode(b"lien-\xe9")
+LEGACY_TEXT = b"latin-1 named file\n"
+
+
+def legacy_names(tree: Path) -> Path:
+    """A file and a symlink (aimed at it) whose names are not valid UTF-8."""
+    tree.mkdir(parents=True)
+    (tree / LEGACY_FILE).write_bytes(LEGACY_TEXT)
+    os.symlink(LEGACY_FILE, tree / LEGACY_LINK)
+    (tree / "plain.txt").write_text("plain\n")
+    return tree
+
+
 def make_big(path: Path, size: int = 100 * MiB) -> Path:
     rng = random.Random(9)
     with open(path, "wb") as fh:

@@ -25,6 +25,7 @@ from support.restore_disks import (
     fat_image,
     gpt_disk,
     index_php,
+    legacy_names,
     luks_image,
     make_big,
     note_txt,
@@ -60,6 +61,7 @@ class World:
 def build_flat(work: Path, version: int) -> Path:
     tree = data_tree(work / f"flat-tree-{version}", "flat")
     (tree / "version.txt").write_text(f"flat version {version}\n")
+    legacy_names(tree / "legacy")
     return ext4_image(work / f"flat-{version}.raw", tree, 32 * MiB, label="FLAT")
 
 

@@ -35,7 +35,8 @@ def disposition(filename: str) -> str:
     fallback = "".join(
         c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename
     )
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+    exact = quote(filename, safe="", errors="replace")  # names that are not UTF-8 get '?'
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}"
 
 
 def read_range(fd: int, start: int, end: int, touch: Touch) -> Iterator[bytes]:
@@ -155,9 +156,24 @@ class _Sink:
         return out
 
 
+class _RawNameInfo(zipfile.ZipInfo):
+    """A member whose name may hold bytes that are not UTF-8 (surrogate-escaped).
+
+    Valid UTF-8 names get the UTF-8 flag, as zipfile does; any other name is
+    written as its raw bytes without the flag, which readers take as CP437,
+    instead of raising half-way through the stream.
+    """
+
+    def _encodeFilenameFlags(self) -> tuple[bytes, int]:
+        try:
+            return super()._encodeFilenameFlags()  # type: ignore[misc]
+        except UnicodeEncodeError:
+            return os.fsencode(self.filename), self.flag_bits & ~0x800
+
+
 def zip_info(arcname: str, st: os.stat_result) -> zipfile.ZipInfo:
     when = datetime.fromtimestamp(max(st.st_mtime, 315532800), UTC)  # zip starts in 1980
-    info = zipfile.ZipInfo(arcname, when.timetuple()[:6])
+    info = _RawNameInfo(arcname, when.timetuple()[:6])
     info.external_attr = (st.st_mode & 0xFFFF) << 16
     info.create_system = 3  # unix, so the mode bits above are honoured
     return info
@@ -173,7 +189,8 @@ def zip_stream(target: Target, top: str, touch: Touch) -> Iterator[bytes]:
                 info.CRC = info.compress_size = info.file_size = 0  # mkdir() leaves them unset
                 archive.mkdir(info)
             elif stat.S_ISLNK(st.st_mode):
-                archive.writestr(zip_info(arcname, st), os.readlink(name, dir_fd=parent))
+                link = os.readlink(os.fsencode(name), dir_fd=parent)  # raw bytes
+                archive.writestr(zip_info(arcname, st), link)
             elif stat.S_ISREG(st.st_mode):
                 info = zip_info(arcname, st)
                 info.file_size = st.st_size
