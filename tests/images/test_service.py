@@ -10,7 +10,13 @@ from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.db.migrate import upgrade
 from diskvault.images import pipeline, service, tasks
-from diskvault.images.errors import ImageBusy, ImageInUse, ShrinkRefused
+from diskvault.images.errors import (
+    ImageBusy,
+    ImageInUse,
+    ResizeRefused,
+    ResizeTooLarge,
+    ShrinkRefused,
+)
 from diskvault.images.models import Image, ImageStatus
 from diskvault.images.store import ImageStore
 
@@ -77,13 +83,13 @@ def test_busy_images_cannot_be_deleted_converted_or_resized(db: Settings) -> Non
 
 def test_resize_rules(db: Settings) -> None:
     vhdx = load(db, make(db, status=ImageStatus.READY, format="vhdx", virtual_size=1 << 30))
-    with pytest.raises(ShrinkRefused, match="convert to raw or qcow2"):
+    with pytest.raises(ResizeRefused, match="convert to raw or qcow2"):
         service.check_resize(db, vhdx, 2 << 30, False)
     raw = load(db, make(db, status=ImageStatus.READY, format="raw", virtual_size=1 << 30))
     service.check_resize(db, raw, 2 << 30, False)
     with pytest.raises(ShrinkRefused, match="force"):
         service.check_resize(db, raw, 1 << 29, False)
-    with pytest.raises(ShrinkRefused, match="limit"):
+    with pytest.raises(ResizeTooLarge, match="over the size limit"):
         service.check_resize(db, raw, db.MAX_VIRTUAL_SIZE + 512, False)
 
 

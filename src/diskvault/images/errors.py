@@ -113,6 +113,19 @@ class ShrinkRefused(Conflict):
     title = "Shrink refused"
 
 
+class ResizeRefused(Conflict):
+    template = "cannot resize image {id}: {detail}"
+    title = "Resize refused"
+
+
+class ResizeTooLarge(Unprocessable):
+    template = (
+        "cannot resize image {id} to {size} bytes: that is over the size limit of {limit} "
+        "bytes; raise {setting} to allow larger images"
+    )
+    title = "Over the size limit"
+
+
 class RangeNotSatisfiable(DiskvaultError):
     template = "range {range} is outside the {size}-byte image"
     status = 416

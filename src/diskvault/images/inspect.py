@@ -115,7 +115,9 @@ def _detect(reader: Reader, claimed: str | None) -> Detection:
         raise UnsafeImage(
             Reason.FORMAT_MISMATCH, f"the image was declared {claimed} but is {shown}"
         )
-    detection = PROBES[name].parse(reader) if matched else Detection("raw", reader.size)
+    # qemu reads a raw file whose size is not a multiple of 512 as zero-padded to the next one.
+    raw_size = -(-reader.size // 512) * 512
+    detection = PROBES[name].parse(reader) if matched else Detection("raw", raw_size)
     if table:
         detection.details["partition_table"] = table
     return detection

@@ -83,7 +83,9 @@ def ingest(ctx: JobContext, image_id: str) -> dict[str, Any]:
         "details": {**image.details, "inspection": inspection.details},
     }
     target = target_for(settings, image)
-    if inspection.format in (target, "iso"):
+    # A raw file cut short of a sector is converted, which pads it as qemu reads it.
+    padded = inspection.format == "raw" and common["file_size"] != inspection.virtual_size
+    if inspection.format in (target, "iso") and not padded:
         files.fsync_file(staged)
         key = store.new_key(image_id, inspection.format)
         store.publish(staged, key)
@@ -219,10 +221,14 @@ def resize(ctx: JobContext, image_id: str, size: int, *, force: bool) -> dict[st
     update_image(settings, image_id, job_id=ctx.job_id)
     fmt = _qemu_format(image.format)
     assert image.storage_key is not None
-    path = store.local_path(image.storage_key)
-    if path is None:
-        work = ctx.cleanup_on_failure(store.temp_path(f"{image_id}-{ctx.job_id}.{fmt}"))
-        path = store.fetch(image.storage_key, work)
+    # Resize a copy (reflinked where the filesystem can), hash it, then swap it in:
+    # a failure or a cancel at any point leaves the image exactly as it was.
+    path = ctx.cleanup_on_failure(store.temp_path(f"{image_id}-{ctx.job_id}.{fmt}"))
+    local = store.local_path(image.storage_key)
+    if local is None:
+        store.fetch(image.storage_key, path)
+    else:
+        files.copy_sparse(local, path)
     shrink = size < (image.virtual_size or 0)
     if shrink:
         lost = files.data_beyond(path, fmt, size, binary=settings.QEMU_IMG_PATH)
@@ -231,18 +237,14 @@ def resize(ctx: JobContext, image_id: str, size: int, *, force: bool) -> dict[st
             raise ShrinkRefused(id=image_id, size=size, detail=detail)
     ctx.progress(message=f"resizing to {size} bytes", force=True)
     qemu_img.resize(path, fmt, size, shrink=shrink, binary=settings.QEMU_IMG_PATH)
-    # The file changed: its old checksum no longer holds.
-    update_image(settings, image_id, virtual_size=size, sha256=None)
     values = {
         "virtual_size": size,
         "file_size": path.stat().st_size,
         "actual_size": files.allocated_bytes(path),
         "sha256": _checksum(ctx, path),
     }
-    key = image.storage_key
-    if store.local_path(key) is None:
-        key = store.new_key(image_id, fmt)
-        store.publish(path, key)
+    key = store.new_key(image_id, fmt)
+    store.publish(path, key)
     _replace_file(settings, store, image_id, key, values)
     return {"image_id": image_id, "virtual_size": size}
 
@@ -286,3 +288,28 @@ def settle_failure(settings: Settings, job_id: str, params: dict[str, Any], mess
         if image.storage_key and status == ImageStatus.ERROR:
             image.error += f"; the {image.format} source is kept, POST .../convert to retry"
     log.warning("image job failed", image_id=image_id, job_id=job_id, error=message)
+
+
+def settle_cancelled(settings: Settings, job_id: str, params: dict[str, Any], message: str) -> None:
+    """A job cancelled while queued: nothing ran, so undo only the wait.
+
+    An image that has no stored file yet (an upload or import waiting to be
+    processed) ends ERROR with its received bytes deleted, so it can be deleted;
+    a stored image goes back to the status it had before the job.
+    """
+    image_id = params.get("image_id")
+    if not image_id:
+        return
+    with session_scope(settings.DATABASE_URL) as s:
+        image = s.get(Image, image_id)
+        if image is None or (image.job_id and image.job_id != job_id):
+            return
+        if image.storage_key is None:
+            for leftover in settings.temp_dir.glob(f"{image_id}*"):
+                leftover.unlink(missing_ok=True)
+            image.status = ImageStatus.ERROR
+            image.error = f"{message}; upload or import the image again"
+        else:
+            image.status = ImageStatus(params.get("failure_status") or ImageStatus.READY)
+            image.error = message
+    log.info("image job cancelled while queued", image_id=image_id, job_id=job_id)

@@ -28,6 +28,8 @@ from diskvault.images.errors import (
     ImageInUse,
     ImageNotFound,
     InvalidUpload,
+    ResizeRefused,
+    ResizeTooLarge,
     ShrinkRefused,
     UnsafeImage,
 )
@@ -342,14 +344,16 @@ def request_convert(
 def check_resize(settings: Settings, image: Image, size: int, force: bool) -> None:
     """Refuse what cannot work; the shrink data check runs here when the file is local."""
     if image.format not in files.RESIZABLE:
-        raise ShrinkRefused(
+        raise ResizeRefused(
             id=image.id,
-            size=size,
             detail=f"{image.format} images cannot be resized; convert to raw or qcow2 first",
         )
     if size > settings.MAX_VIRTUAL_SIZE:
-        raise ShrinkRefused(
-            id=image.id, size=size, detail=f"over the {settings.MAX_VIRTUAL_SIZE}-byte limit"
+        raise ResizeTooLarge(
+            id=image.id,
+            size=size,
+            limit=settings.MAX_VIRTUAL_SIZE,
+            setting="DISKVAULT_MAX_VIRTUAL_SIZE",
         )
     current = image.virtual_size or 0
     if size >= current:

@@ -19,6 +19,7 @@ from diskvault.jobs.scheduler import periodic
 from diskvault.tools.process import Cancelled
 
 ON_FAILURE: FailureHook = pipeline.settle_failure
+ON_CANCEL: FailureHook = pipeline.settle_cancelled
 
 
 def _guarded(ctx: JobContext, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -30,13 +31,13 @@ def _guarded(ctx: JobContext, work: Callable[[], dict[str, Any]]) -> dict[str, A
         raise
 
 
-@job_kind("image-process", max_attempts=1, on_failure=ON_FAILURE)
+@job_kind("image-process", max_attempts=1, on_failure=ON_FAILURE, on_cancel=ON_CANCEL)
 def process(ctx: JobContext) -> dict[str, Any]:
     """Verify an uploaded image, then publish or convert it."""
     return _guarded(ctx, lambda: pipeline.ingest(ctx, ctx.params["image_id"]))
 
 
-@job_kind("image-import", max_attempts=1, on_failure=ON_FAILURE)
+@job_kind("image-import", max_attempts=1, on_failure=ON_FAILURE, on_cancel=ON_CANCEL)
 def import_image(ctx: JobContext) -> dict[str, Any]:
     """Copy a server path or download a URL into the temp area, then process it."""
 
@@ -69,7 +70,7 @@ def import_image(ctx: JobContext) -> dict[str, Any]:
     return _guarded(ctx, work)
 
 
-@job_kind("image-convert", max_attempts=1, on_failure=ON_FAILURE)
+@job_kind("image-convert", max_attempts=1, on_failure=ON_FAILURE, on_cancel=ON_CANCEL)
 def convert(ctx: JobContext) -> dict[str, Any]:
     """Convert a stored image to ``target_format``."""
     p = ctx.params
@@ -81,7 +82,7 @@ def convert(ctx: JobContext) -> dict[str, Any]:
     )
 
 
-@job_kind("image-resize", max_attempts=1, on_failure=ON_FAILURE)
+@job_kind("image-resize", max_attempts=1, on_failure=ON_FAILURE, on_cancel=ON_CANCEL)
 def resize(ctx: JobContext) -> dict[str, Any]:
     p = ctx.params
     return _guarded(

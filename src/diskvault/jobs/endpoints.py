@@ -60,8 +60,8 @@ def get_job(job_id: str, _: PrincipalDep, db: DbDep) -> Any:
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: str, _: PrincipalDep, db: DbDep) -> Any:
-    return service.cancel(db, job_id)
+def cancel_job(job_id: str, _: PrincipalDep, db: DbDep, settings: SettingsDep) -> Any:
+    return service.cancel(db, job_id, settings)
 
 
 def job_message(job: Job) -> dict[str, Any]:

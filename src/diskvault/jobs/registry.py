@@ -24,6 +24,7 @@ class JobKind:
     max_attempts: int | None = None  # None: the DISKVAULT_JOB_RETRY_MAX_ATTEMPTS setting
     on_failure: FailureHook | None = None  # also called when the reaper fails the job
     test_only: bool = False
+    on_cancel: FailureHook | None = None  # a queued job cancelled before it ran
 
 
 KINDS: dict[str, JobKind] = {}
@@ -36,9 +37,10 @@ def job_kind(
     max_attempts: int | None = None,
     on_failure: FailureHook | None = None,
     test_only: bool = False,
+    on_cancel: FailureHook | None = None,
 ) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        KINDS[name] = JobKind(name, fn, idempotent, max_attempts, on_failure, test_only)
+        KINDS[name] = JobKind(name, fn, idempotent, max_attempts, on_failure, test_only, on_cancel)
         return fn
 
     return register

@@ -74,17 +74,24 @@ def list_jobs(
     return paginate(session, stmt, params)
 
 
-def cancel(session: Session, job_id: str) -> Job:
-    """Queued jobs end at once; running ones are told and stop cooperatively."""
+def cancel(session: Session, job_id: str, settings: Settings | None = None) -> Job:
+    """Queued jobs end at once (their kind's cancel hook settles what they were
+    for); running ones are told and stop cooperatively."""
     job = get(session, job_id)
     if job.status.finished:
         raise JobFinished(id=job_id, status=job.status.value)
     job.cancel_requested = True
-    if job.status == JobStatus.queued:
+    ended = job.status == JobStatus.queued
+    if ended:
         job.status = JobStatus.cancelled
         job.finished_at = datetime.now(UTC)
         job.error = "cancelled before it started"
     session.commit()
+    if ended and settings is not None:
+        hook = registry.get_kind(job.kind).on_cancel
+        if hook is not None:
+            hook(settings, job.id, dict(job.params or {}), job.error or "cancelled")
+            session.refresh(job)
     return job
 
 
