@@ -33,6 +33,7 @@ from support.backups_env import (
     write_random,
 )
 from support.backups_servers import qemu_nbd, url
+from support.server import free_port
 
 
 @pytest.fixture
@@ -213,3 +214,23 @@ def test_nbd_targets_must_be_allowed_and_fail_alike(
             messages.append(failed.value.message.replace(str(port), "PORT"))
     assert messages[0] == messages[1] and "within 1 s" in messages[0]
     assert not (tmp_path / "work").exists()
+
+
+def test_restore_to_an_allowed_tcp_nbd_server(
+    bsettings: Settings, chain3: list[tuple[str, Path]], tmp_path: Path
+) -> None:
+    backup_id, copy = chain3[0]
+    target = tmp_path / "target.qcow2"
+    qemu_img.create(target, "qcow2", DISK)
+    port = free_port()
+    bsettings.BACKUP_RESTORE_NBD_TARGETS = [f"127.0.0.1:{port}"]
+    with qemu_nbd(target, tmp_path / "unused.sock", tcp_port=port):
+        out = restore.to_nbd(
+            bsettings,
+            backup_id,
+            image(bsettings, backup_id),
+            f"nbd://127.0.0.1:{port}/vm",
+            virtual_size=DISK,
+            workdir=tmp_path / "work",
+        )
+    assert out["verified"] and same(target, copy)

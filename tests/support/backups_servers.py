@@ -15,19 +15,27 @@ from diskvault.tools.qsd import QsdServer
 
 @contextmanager
 def qemu_nbd(
-    image: Path, sock: Path, *, bitmap: str | None = None, export: str = "vm"
+    image: Path,
+    sock: Path,
+    *,
+    bitmap: str | None = None,
+    export: str = "vm",
+    tcp_port: int | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``qemu-nbd`` serving ``image`` on a unix socket, several clients at once."""
-    cmd = ["qemu-nbd", "--persistent", "--shared=8", "-k", str(sock), "-f", "qcow2", "-x", export]
+    """``qemu-nbd`` serving ``image`` on a unix socket (or 127.0.0.1:``tcp_port``),
+    several clients at once."""
+    where = ["-b", "127.0.0.1", "-p", str(tcp_port)] if tcp_port else ["-k", str(sock)]
+    cmd = ["qemu-nbd", "--persistent", "--shared=8", *where, "-f", "qcow2", "-x", export]
     if bitmap:
         cmd += ["--bitmap", bitmap]
     proc = subprocess.Popen([*cmd, str(image)], stderr=subprocess.PIPE)
+    served = f"nbd://127.0.0.1:{tcp_port}/{export}" if tcp_port else url(sock, export)
     deadline = time.monotonic() + 10
     while True:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
         assert time.monotonic() < deadline, "qemu-nbd did not start"
         try:
-            nbd.export_size(url(sock, export), timeout=5)
+            nbd.export_size(served, timeout=5)
             break
         except nbd.NbdError:
             time.sleep(0.02)
