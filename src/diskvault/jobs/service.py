@@ -90,7 +90,10 @@ def cancel(session: Session, job_id: str, settings: Settings | None = None) -> J
     if ended and settings is not None:
         hook = registry.get_kind(job.kind).on_cancel
         if hook is not None:
-            hook(settings, job.id, dict(job.params or {}), job.error or "cancelled")
+            try:
+                hook(settings, job.id, dict(job.params or {}), job.error or "cancelled")
+            except Exception:
+                log.exception("cancel hook raised", job_id=job.id)
             session.refresh(job)
     return job
 
