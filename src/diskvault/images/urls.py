@@ -195,7 +195,13 @@ class _Pinned:
     def _check_peer(self, ip: IP) -> None:
         assert self.resp is not None
         stream = self.resp.extensions.get("network_stream")
-        peer = stream.get_extra_info("server_addr") if stream is not None else None
+        try:
+            peer = stream.get_extra_info("server_addr") if stream is not None else None
+        except OSError:
+            self.resp.close()
+            raise ImportFailed(
+                source=redact_url(self.target.url), detail="the connection closed at once"
+            ) from None
         if peer is None:
             return  # a reused keep-alive connection, vetted when it was opened
         actual = ip_address(str(peer[0]).split("%", 1)[0])
