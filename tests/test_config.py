@@ -14,6 +14,9 @@ def test_defaults_live_in_data_dir(tmp_path: Path) -> None:
     assert s.temp_dir.is_dir() and s.backup_dir.is_dir()
     assert f"sqlite:///{(tmp_path / 'd' / 'diskvault.db').absolute()}" == s.DATABASE_URL
     assert s.QUEUE_URL == ""
+    # Whole-disk restores write files only here unless the host's administrator says so.
+    assert s.restore_roots == [tmp_path / "d" / "restores"] and s.restore_roots[0].is_dir()
+    assert s.BACKUP_RESTORE_NBD_TARGETS == [] and s.IMPORT_URL_ALLOWED_HOSTS == []
 
 
 def test_secret_key_generated_once_and_persisted(tmp_path: Path) -> None:
@@ -30,6 +33,7 @@ def test_secret_key_generated_once_and_persisted(tmp_path: Path) -> None:
         ({"WORKERS": -1}, "DISKVAULT_WORKERS"),
         ({"DATABASE_URL": "mysql://x"}, "DISKVAULT_DATABASE_URL"),
         ({"SECRET_KEY": "short"}, "DISKVAULT_SECRET_KEY"),
+        ({"BACKUP_RESTORE_ROOTS": ["/nonexistent/restores"]}, "DISKVAULT_BACKUP_RESTORE_ROOTS"),
     ],
 )
 def test_bad_values_name_the_setting(tmp_path: Path, overrides: dict, setting: str) -> None:

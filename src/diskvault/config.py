@@ -192,6 +192,11 @@ class Settings(BaseSettings):
                 raise ConfigError(setting=f"DISKVAULT_{name}", detail=f"{path} is not writable")
         if self.restore_roots == [self.DATA_DIR / "restores"]:
             self.restore_roots[0].mkdir(exist_ok=True)  # the default; others are the admin's
+        for root in self.restore_roots:
+            if not root.is_dir():
+                raise ConfigError(
+                    setting="DISKVAULT_BACKUP_RESTORE_ROOTS", detail=f"{root} is not a directory"
+                )
         for root in self.IMPORT_ROOTS:
             if not root.is_dir():
                 raise ConfigError(
