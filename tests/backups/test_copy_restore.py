@@ -234,3 +234,23 @@ def test_restore_to_an_allowed_tcp_nbd_server(
             workdir=tmp_path / "work",
         )
     assert out["verified"] and same(target, copy)
+
+
+@pytest.mark.parametrize(
+    ("entry", "url"),
+    [
+        ("nbd.lan:10810", "nbd://NBD.lan:10810/disk"),
+        ("nbd.lan", "nbd://nbd.lan/disk"),
+        ("[::1]:10810", "nbd://[::1]:10810/disk"),
+        ("[::1]", "nbd://[::1]/disk"),
+        ("::1", "nbd://[::1]:10809/disk"),
+        ("/run/nbd/../nbd/restore.sock", "nbd+unix:///disk?socket=/run/nbd/restore.sock"),
+    ],
+)
+def test_nbd_allowlist_entries(bsettings: Settings, entry: str, url: str) -> None:
+    bsettings.BACKUP_RESTORE_NBD_TARGETS = [entry]
+    restore.check_nbd_target(bsettings, url)
+    for other in ("nbd://nbd.lan:10811/disk", "nbd://[::2]/disk", "nbd+unix:///d?socket=/x"):
+        if other != url:
+            with pytest.raises(RestoreTargetRefused):
+                restore.check_nbd_target(bsettings, other)

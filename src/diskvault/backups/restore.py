@@ -105,11 +105,18 @@ def _host(host: str) -> str:
 
 
 def _allowed_entry(entry: str) -> str:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``, a bare IPv6 address, or a socket path."""
     entry = entry.strip()
     if entry.startswith("/"):
         return os.path.normpath(entry)
-    host, _, port = entry.rpartition(":")
-    return f"{_host(host)}:{port}" if host else f"{_host(entry)}:10809"
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif entry.count(":") == 1:
+        host, port = entry.split(":")
+    else:
+        host, port = entry, ""
+    return f"{_host(host)}:{port or 10809}"
 
 
 def _verified(settings: Settings, image: Path, dest: str, fmt: str, point_id: str) -> None:
