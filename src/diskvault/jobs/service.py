@@ -13,7 +13,7 @@ from diskvault.api.pagination import PageParams, paginate
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope, updated_rows
 from diskvault.jobs import queue, registry
-from diskvault.jobs.errors import HeartbeatLost, JobFinished, JobNotFound
+from diskvault.jobs.errors import HeartbeatLost, JobFinished, JobNotFound, UnknownJobKind
 from diskvault.jobs.models import Job, JobStatus
 
 log = structlog.get_logger("diskvault.jobs")
@@ -88,7 +88,10 @@ def cancel(session: Session, job_id: str, settings: Settings | None = None) -> J
         job.error = "cancelled before it started"
     session.commit()
     if ended and settings is not None:
-        hook = registry.get_kind(job.kind).on_cancel
+        try:
+            hook = registry.get_kind(job.kind).on_cancel
+        except UnknownJobKind:
+            hook = None  # a kind this version no longer has: nothing to settle
         if hook is not None:
             try:
                 hook(settings, job.id, dict(job.params or {}), job.error or "cancelled")
