@@ -103,9 +103,7 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
 
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     # Inside CORS (a preflight carries no token), outside everything that reads a body.
-    app.add_middleware(
-        guard.Gate, router=app.router, settings=settings, streaming=STREAMING_UPLOADS
-    )
+    app.add_middleware(guard.Gate, settings=settings, streaming=STREAMING_UPLOADS)
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,

@@ -22,7 +22,6 @@ from typing import Any
 import anyio
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute, Match, Router
 
 from diskvault.api import deps
 from diskvault.api.middleware import ASGIApp, Message, Receive, Scope, Send
@@ -100,101 +99,105 @@ def need_of(route: APIRoute) -> Need:
 
 
 class Gate:
-    """Pure-ASGI front door: auth and role, then ``Content-Length``, then counted bytes.
+    """Pure-ASGI guard of the request body: auth and role, ``Content-Length``, counted bytes.
 
-    ``streaming`` holds the (method, route path template) pairs whose bodies go
-    to disk and so are exempt from ``limit``; they are matched exactly, after
-    routing, never by prefix.
+    The router matches the route before anything reads the body, so the checks
+    run on the app's first ``receive()``, against ``scope["route"]``: exactly
+    the route that will run, never a path prefix. A refusal is sent from there;
+    the app is told the client left, and what it answers is dropped.
+    ``streaming`` holds the (method, route path) pairs whose bodies go to disk
+    and so are exempt from ``MAX_BODY_BYTES`` (still authenticated first).
     """
 
     def __init__(
-        self,
-        app: ASGIApp,
-        router: Router,
-        settings: Settings,
-        streaming: frozenset[tuple[str, str]],
+        self, app: ASGIApp, settings: Settings, streaming: frozenset[tuple[str, str]]
     ) -> None:
         self.app = app
-        self.router = router
         self.settings = settings
         self.limit = settings.MAX_BODY_BYTES
         self.streaming = streaming
         self._needs: dict[int, Need] = {}
 
-    def _route(self, scope: Scope) -> BaseRoute | None:
-        for route in self.router.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return route
-        return None
-
-    def _need(self, route: BaseRoute | None) -> Need:
+    def _need(self, route: object) -> Need:
         if not isinstance(route, APIRoute):
-            return PUBLIC  # 404/405, docs, websockets (they check their first frame)
+            return PUBLIC  # docs, unmatched paths: nothing here reads a body
         need = self._needs.get(id(route))
         if need is None:
             need = self._needs[id(route)] = need_of(route)
         return need
 
+    def _streams(self, scope: Scope) -> bool:
+        return (scope["method"], getattr(scope.get("route"), "path", None)) in self.streaming
+
+    async def _check(self, scope: Scope) -> DiskvaultError | None:
+        """The refusal for this request, if any; resolves the principal into the state."""
+        route = scope.get("route")
+        need = self._need(route)
+        state = scope.setdefault("state", {})
+        if need.resolves:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            try:
+                if "principal" in state:  # the route's dependencies ran first
+                    principal = state["principal"]
+                else:
+                    principal = await anyio.to_thread.run_sync(
+                        principal_from_headers, self.settings, headers
+                    )
+                if need.role is not None:
+                    authorize(principal, need.role, scope["method"])
+            except DiskvaultError as exc:
+                return exc
+            state["principal"] = principal
+        if self._streams(scope):
+            return None
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return self._too_large()
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
-        route = self._route(scope)
-        need = self._need(route)
-        if need.resolves:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            try:
-                principal = await anyio.to_thread.run_sync(
-                    principal_from_headers, self.settings, headers
-                )
-                if need.role is not None:
-                    authorize(principal, need.role, scope["method"])
-            except DiskvaultError as exc:
-                await self._refuse(exc, scope, receive, send)
-                return
-            state["principal"] = principal
-        if (scope["method"], getattr(route, "path", None)) in self.streaming:
-            await self.app(scope, receive, send)
-            return
-        await self._limited(scope, receive, send)
-
-    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.limit
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await self._refuse(self._too_large(), scope, receive, send)
-                return
-        seen = 0
-        over = False
+        checked = False
+        limited = True
+        refused = False  # once set, the app reads "disconnected" and its answer is dropped
         started = False
+        seen = 0
 
-        async def counting_receive() -> Message:
-            # Past the limit the app is told the client left: it stops reading,
-            # and whatever it answers is replaced by the 413 below.
-            nonlocal seen, over
+        async def refuse(exc: DiskvaultError) -> Message:
+            nonlocal refused, started
+            refused = True
+            if not started:
+                started = True
+                await self._refuse(exc, scope, receive, send)
+            return {"type": "http.disconnect"}
+
+        async def guarded_receive() -> Message:
+            nonlocal checked, limited, seen
+            if refused:
+                return {"type": "http.disconnect"}
+            if not checked:
+                checked = True
+                exc = await self._check(scope)
+                if exc is not None:
+                    return await refuse(exc)
+                limited = not self._streams(scope)
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and limited:
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    over = True
-                    return {"type": "http.disconnect"}
+                if seen > self.limit:
+                    return await refuse(self._too_large())
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
-            if over and not started:
-                started = True
-                await self._refuse(self._too_large(), scope, receive, send)
-            if over:
+            if refused:
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        await self.app(scope, counting_receive, guarded_send)
-        if over and not started:
-            await self._refuse(self._too_large(), scope, receive, send)
+        await self.app(scope, guarded_receive, guarded_send)
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(
