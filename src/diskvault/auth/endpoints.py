@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import anyio
 import structlog
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Request, status
 
 from diskvault.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep, optional_principal
 from diskvault.api.pagination import Page, PageParams, page_params
@@ -44,13 +46,17 @@ def _throttle(app: Any, settings: Settings) -> LoginThrottle:
     return throttle
 
 
-def _hash_slots(app: Any, settings: Settings) -> anyio.CapacityLimiter:
-    # argon2 gets its own few threads: a flood of logins queues here instead of
-    # taking the pool every other sync route (and the auth check) runs in.
-    slots: anyio.CapacityLimiter | None = getattr(app.state, "login_hash_slots", None)
-    if slots is None:
-        slots = app.state.login_hash_slots = anyio.CapacityLimiter(settings.LOGIN_HASH_WORKERS)
-    return slots
+def _hashing(app: Any, settings: Settings) -> ThreadPoolExecutor:
+    pool: ThreadPoolExecutor | None = getattr(app.state, "login_hashing", None)
+    if pool is None:
+        pool = app.state.login_hashing = security.hashing_pool(settings.LOGIN_HASH_WORKERS)
+    return pool
+
+
+def shutdown(app: FastAPI) -> None:
+    pool: ThreadPoolExecutor | None = getattr(app.state, "login_hashing", None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @router.post(
@@ -80,9 +86,8 @@ async def login(body: LoginRequest, request: Request, settings: SettingsDep) -> 
         problem = {**err.problem(), "instance": request.url.path}
         return problem_response(problem, headers={"Retry-After": str(retry_after)})
     user, stored = await anyio.to_thread.run_sync(service.login_candidate, settings, body.username)
-    ok = await anyio.to_thread.run_sync(
-        security.verify_password, stored, body.password, limiter=_hash_slots(request.app, settings)
-    )
+    pool = _hashing(request.app, settings)
+    ok = await asyncio.wrap_future(pool.submit(security.verify_password, stored, body.password))
     tokens = service.login_result(settings, user, ok)
     throttle.succeeded(body.username, client)
     return tokens
