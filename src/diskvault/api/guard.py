@@ -2,15 +2,18 @@
 
 FastAPI reads and parses a JSON body before it runs a route's dependencies, so
 a check in a dependency comes too late: a 1 GiB body sent with no token was
-buffered whole before the 401. :class:`Gate` is pure ASGI and sits in front of
-the app: it matches the route exactly as the router will, reads which
-principal and role the route's dependencies declare (see ``api.deps``),
-resolves the ``Authorization`` header and refuses with 401/403 before calling
-the app. Then it checks ``Content-Length`` against ``MAX_BODY_BYTES`` and
-counts the bytes of a chunked body as they arrive.
+buffered whole before the 401. :class:`Gate` is pure ASGI and wraps the app's
+``receive``: when the app first asks for the body, the router has matched the
+route (``scope["route"]``, exact), so the gate reads which principal and role
+that route's dependencies declare (see ``api.deps``), resolves the
+``Authorization`` header and refuses with 401/403 before handing over a byte.
+Then it checks ``Content-Length`` against ``MAX_BODY_BYTES`` and counts the
+bytes of a chunked body as they arrive.
 
 :func:`principal_from_headers` and :func:`authorize` are the same checks as
-plain functions, for any other way in (a cookie session, say).
+plain functions, for any other way in (a cookie session, say). A middleware
+outside this one that has found the caller by other means puts it in
+``scope["state"]["principal"]``; the role check then applies to it.
 """
 
 from __future__ import annotations
@@ -177,6 +180,8 @@ class Gate:
             nonlocal checked, limited, seen
             if refused:
                 return {"type": "http.disconnect"}
+            if started:  # answered already (a response listening for the client to leave)
+                return await receive()
             if not checked:
                 checked = True
                 exc = await self._check(scope)
