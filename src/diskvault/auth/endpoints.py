@@ -55,6 +55,7 @@ def _hashing(app: Any, settings: Settings) -> ThreadPoolExecutor:
 
 def shutdown(app: FastAPI) -> None:
     pool: ThreadPoolExecutor | None = getattr(app.state, "login_hashing", None)
+    app.state.login_hashing = None  # a later start makes a new one
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
 
