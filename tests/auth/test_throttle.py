@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 from fastapi.testclient import TestClient
 
 from diskvault.auth.throttle import LoginThrottle
+from diskvault.config import Settings
 from support.http import assert_problem, auth
 from support.server import ADMIN_PASSWORD
 
@@ -74,3 +77,27 @@ def test_a_good_login_resets_the_user_count(app_client: TestClient) -> None:
     for _ in range(3):
         assert [_bad(app_client, "admin") for _ in range(4)] == [401] * 4
         assert app_client.post(LOGIN, json=good).status_code == 200
+
+
+def test_health_and_reads_answer_while_every_hashing_thread_is_busy(
+    app_client: TestClient, admin_token: str, settings: Settings
+) -> None:
+    pool = app_client.app.state.login_hashing  # type: ignore[attr-defined]
+    release = threading.Event()
+    for _ in range(settings.LOGIN_HASH_WORKERS):
+        pool.submit(release.wait)
+    answers: dict[str, int] = {}
+
+    def bad_login() -> None:
+        answers["login"] = _bad(app_client, "admin")
+
+    waiting = threading.Thread(target=bad_login)
+    waiting.start()
+    try:
+        assert app_client.get("/health").status_code == 200
+        assert app_client.get("/api/v1/auth/me", headers=auth(admin_token)).status_code == 200
+        assert waiting.is_alive()  # the login queues for a hashing thread
+    finally:
+        release.set()
+        waiting.join()
+    assert answers == {"login": 401}
