@@ -7,12 +7,13 @@ setting, which ``diskvault serve`` prints as one line before exiting.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from diskvault.errors import ConfigError
@@ -44,11 +45,17 @@ class Settings(BaseSettings):
     PORT: int = Field(default=8080, ge=1, le=65535)
     CORS_ORIGINS: list[str] = Field(default_factory=list)
     MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
+    # Peers whose X-Forwarded-For/-Proto are believed (IPs or CIDRs); empty: none.
+    TRUSTED_PROXIES: list[str] = Field(default_factory=list)
 
     ADMIN_PASSWORD: str | None = None
     SECRET_KEY: str = ""
     ACCESS_TOKEN_MINUTES: int = Field(default=30, ge=1)
     REFRESH_TOKEN_DAYS: int = Field(default=14, ge=1)
+    LOGIN_MAX_FAILURES_PER_USER: int = Field(default=5, ge=1)  # per LOGIN_WINDOW_S
+    LOGIN_MAX_FAILURES_PER_IP: int = Field(default=20, ge=1)  # per LOGIN_WINDOW_S
+    LOGIN_WINDOW_S: float = Field(default=300.0, gt=0)
+    LOGIN_HASH_WORKERS: int = Field(default=2, ge=1, le=64)  # argon2 checks at once
 
     JOB_HEARTBEAT_S: float = Field(default=2.0, gt=0)
     JOB_HEARTBEAT_TIMEOUT_S: float = Field(default=30.0, gt=0)
@@ -88,7 +95,8 @@ class Settings(BaseSettings):
 
     # -- boot --
     BOOT_ADVERTISE_ADDRESS: str | None = None
-    BOOT_RATE_LIMIT_PER_MIN: int = Field(default=120, ge=1)
+    BOOT_RATE_LIMIT_PER_MIN: int = Field(default=120, ge=1)  # per client IP
+    BOOT_RATE_LIMIT_PER_MAC_PER_MIN: int = Field(default=12, ge=1)
     BOOT_UNKNOWN_RETRY_S: int = Field(default=30, ge=1)
     WRITEBACK_PATH: Path | None = None  # default DATA_DIR/writebacks
     BOOT_UNKNOWN_CHAIN_URL: str | None = None  # unknown MACs chain this menu instead of retrying
@@ -117,6 +125,14 @@ class Settings(BaseSettings):
 
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: str = "auto"  # auto | json | console
+
+    @field_validator("TRUSTED_PROXIES")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item != "*":
+                ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -123,3 +123,31 @@ def test_bad_credentials_and_unknown_user_get_401(app_client: TestClient) -> Non
     ):
         body = assert_problem(app_client.post("/api/v1/auth/login", json=creds), 401)
         assert body["detail"] == "invalid username or password"
+
+
+def test_access_tokens_stop_at_once_on_password_role_or_active_change(
+    app_client: TestClient, admin_token: str
+) -> None:
+    """Finding 10: the token version is in access tokens too, checked on every request."""
+    users = "/api/v1/users"
+    for name, change in (
+        ("dora", {"password": "changed-password"}),
+        ("emil", {"role": "viewer"}),
+        ("fay", {"is_active": False}),
+    ):
+        token = _signup(app_client, admin_token, name, "operator")
+        me = app_client.get("/api/v1/auth/me", headers=auth(token)).json()
+        unchanged = app_client.patch(
+            f"{users}/{me['id']}", json={"role": "operator"}, headers=auth(admin_token)
+        )
+        assert unchanged.status_code == 200  # the same role again is no change
+        assert app_client.get("/api/v1/auth/me", headers=auth(token)).status_code == 200
+        resp = app_client.patch(f"{users}/{me['id']}", json=change, headers=auth(admin_token))
+        assert resp.status_code == 200, resp.text
+        assert_problem(app_client.get("/api/v1/auth/me", headers=auth(token)), 401)
+    # The admin's own token is untouched by changes to others.
+    assert app_client.get("/api/v1/auth/me", headers=auth(admin_token)).status_code == 200
+    fresh = app_client.post(
+        "/api/v1/auth/login", json={"username": "dora", "password": "changed-password"}
+    ).json()["access_token"]
+    assert app_client.get("/api/v1/auth/me", headers=auth(fresh)).json()["username"] == "dora"

@@ -1,3 +1,5 @@
+import os
+import threading
 from datetime import timedelta
 
 import pytest
@@ -39,3 +41,23 @@ def test_api_tokens_store_only_a_hash() -> None:
     plain, digest = security.new_api_token()
     assert plain.startswith("dvt_") and digest == security.hash_api_token(plain)
     assert plain not in digest
+
+
+def test_password_checks_run_in_their_own_low_priority_threads() -> None:
+    """Finding 6: argon2 queues in a bounded pool instead of the shared worker threads."""
+    pool = security.hashing_pool(2)
+    try:
+
+        def where() -> tuple[str, int]:
+            tid = threading.get_native_id()
+            return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, tid)
+
+        name, nice = pool.submit(where).result()
+        assert name.startswith("argon2")
+        assert nice >= security.HASHING_NICE
+        assert pool._max_workers == 2
+        stored = security.hash_password("right")
+        assert pool.submit(security.verify_password, stored, "right").result()
+        assert not pool.submit(security.verify_password, stored, "wrong").result()
+    finally:
+        pool.shutdown()

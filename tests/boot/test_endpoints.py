@@ -143,6 +143,29 @@ def test_boot_requests_are_rate_limited_per_client(env: BootApp) -> None:
         state.boot_limiter = saved
 
 
+def test_boot_limits_are_per_mac_as_well_as_per_client(env: BootApp) -> None:
+    """Finding 9: 50 machines behind one address boot at once; one looping MAC is limited."""
+    state = env.client.app.state  # type: ignore[attr-defined]
+    saved = state.boot_limiter, state.boot_mac_limiter
+    settings = env.settings
+    state.boot_limiter = RateLimiter(settings.BOOT_RATE_LIMIT_PER_MIN)  # defaults, fresh
+    state.boot_mac_limiter = RateLimiter(settings.BOOT_RATE_LIMIT_PER_MAC_PER_MIN)
+    try:
+        for _ in range(50):
+            assert boot(env, new_mac())
+        looping = new_mac()
+        for _ in range(settings.BOOT_RATE_LIMIT_PER_MAC_PER_MIN):
+            assert boot(env, looping)
+        spelled_otherwise = looping.upper().replace(":", "-")
+        resp = env.client.get("/boot/ipxe", params={"mac": spelled_otherwise})
+        body = assert_problem(resp, 429)
+        assert body["setting"] == "DISKVAULT_BOOT_RATE_LIMIT_PER_MAC_PER_MIN"
+        assert looping in body["detail"] and int(resp.headers["retry-after"]) >= 1
+        assert boot(env, new_mac())  # its neighbours still boot
+    finally:
+        state.boot_limiter, state.boot_mac_limiter = saved
+
+
 def test_dnsmasq_snippet_needs_login_and_names_this_server(env: BootApp) -> None:
     url = "/api/v1/boot/dnsmasq.conf"
     assert_problem(env.client.get(url), 401)

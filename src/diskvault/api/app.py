@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from diskvault import __version__
-from diskvault.api import middleware, problems, system
+from diskvault.api import guard, middleware, problems, system
 from diskvault.auth import service as auth_service
 from diskvault.config import Settings
 from diskvault.db import migrate
@@ -25,8 +25,9 @@ from diskvault.jobs.worker import WorkerHost
 
 log = structlog.get_logger("diskvault")
 
-# Routes whose bodies stream to disk and so are exempt from MAX_BODY_BYTES.
-STREAMING_UPLOADS = ("/api/v1/images/upload",)
+# Routes (method, path template) whose bodies stream to disk and so are exempt
+# from MAX_BODY_BYTES; matched exactly after routing (auth is still checked first).
+STREAMING_UPLOADS = frozenset({("POST", "/api/v1/images/upload")})
 
 
 def prepare_database(settings: Settings) -> None:
@@ -101,6 +102,8 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
             app.state.shutdown_hooks.append(module.shutdown)
 
     app.add_middleware(GZipMiddleware, minimum_size=1024)
+    # Inside CORS (a preflight carries no token), outside everything that reads a body.
+    app.add_middleware(guard.Gate, settings=settings, streaming=STREAMING_UPLOADS)
     if settings.CORS_ORIGINS:
         app.add_middleware(
             CORSMiddleware,
@@ -109,8 +112,5 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    app.add_middleware(
-        middleware.BodyLimit, limit=settings.MAX_BODY_BYTES, exempt=STREAMING_UPLOADS
-    )
     app.add_middleware(middleware.RequestContext, audit=_audit(settings))
     return app

@@ -13,7 +13,7 @@ from diskvault.auth.errors import MissingToken, RoleRequired
 from diskvault.auth.models import Role
 from diskvault.auth.service import Principal
 from diskvault.config import Settings
-from diskvault.db.engine import session_factory
+from diskvault.db.engine import session_factory, session_scope
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -43,12 +43,18 @@ def bearer_token(request: Request) -> str | None:
     return None
 
 
-def optional_principal(request: Request, db: DbDep, settings: SettingsDep) -> Principal | None:
+def optional_principal(request: Request, settings: SettingsDep) -> Principal | None:
+    """The caller, resolved once: ``api.guard.Gate`` did it before the body was read."""
+    state = request.scope.setdefault("state", {})
+    if "principal" in state:
+        principal: Principal | None = state["principal"]
+        return principal
     token = bearer_token(request)
     if token is None:
         return None
-    principal = auth_service.resolve(db, settings, token)
-    request.state.principal = principal
+    with session_scope(settings.DATABASE_URL) as session:
+        principal = auth_service.resolve(session, settings, token)
+    state["principal"] = principal
     return principal
 
 
@@ -63,12 +69,18 @@ def current_principal(
     return principal
 
 
+# The role each principal dependency demands. ``api.guard`` walks a route's
+# dependencies for these and enforces the strictest before the body is read.
+ROLE_OF: dict[object, Role] = {current_principal: Role.viewer}
+
+
 def require_role(role: Role) -> object:
     def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if principal.role.rank < role.rank:
             raise RoleRequired(role=role.value, current=principal.role.value)
         return principal
 
+    ROLE_OF[check] = role
     return Depends(check)
 
 

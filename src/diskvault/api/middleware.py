@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request ids, access log, metrics, audit, body limit.
+"""Pure-ASGI middleware: request ids, access log, metrics, audit.
 
 Pure ASGI (not BaseHTTPMiddleware) so multi-GiB uploads stream through
 untouched and WebSockets pass straight by.
@@ -15,7 +15,6 @@ import anyio
 import structlog
 
 from diskvault.api import metrics
-from diskvault.errors import PayloadTooLarge
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -70,43 +69,3 @@ class RequestContext:
             if scope["method"] in MUTATING and scope["state"].get("principal") is not None:
                 await anyio.to_thread.run_sync(self.audit, scope, status)
             structlog.contextvars.unbind_contextvars("request_id")
-
-
-class BodyLimit:
-    """Refuses bodies over ``limit`` bytes, except on streaming upload routes."""
-
-    def __init__(self, app: ASGIApp, limit: int, exempt: tuple[str, ...]) -> None:
-        self.app = app
-        self.limit = limit
-        self.exempt = exempt
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
-            await self.app(scope, receive, send)
-            return
-        limit = self.limit
-        for name, value in scope.get("headers") or []:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                scope["state"] = scope.get("state") or {}
-                await self._refuse(scope, receive, send)
-                return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from diskvault.api.problems import problem_response
-
-        err = PayloadTooLarge(f"request body exceeds the {self.limit}-byte limit")
-        body = err.problem()
-        body["instance"] = scope["path"]
-        await problem_response(body)(scope, receive, send)

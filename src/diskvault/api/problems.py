@@ -7,13 +7,15 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from diskvault.errors import DiskvaultError
 
 log = structlog.get_logger("diskvault.api")
 MEDIA_TYPE = "application/problem+json"
+CLIENT_CLOSED_REQUEST = 499
 
 
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -68,6 +70,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(_instance(request, body), dict(exc.headers or {}))
 
 
+async def _client_left(request: Request, exc: Exception) -> Response:
+    # Not a server error: the client went away mid-body. Whatever cleanup the
+    # route does ran on its way out; 499 (nginx's code) only reaches the access log.
+    log.info("client disconnected before the request body was complete", path=request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", error_type=type(exc).__name__)
     body = {
@@ -83,4 +92,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DiskvaultError, _diskvault_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_left)
     app.add_exception_handler(Exception, _unexpected)

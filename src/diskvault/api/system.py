@@ -17,7 +17,8 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/health", summary="Liveness probe (no auth)")
-def health() -> dict[str, str]:
+async def health() -> dict[str, str]:
+    # async: answered on the event loop, never queued behind busy worker threads
     return {"status": "ok"}
 
 

@@ -1,4 +1,4 @@
-from diskvault.errors import Conflict, Forbidden, Unauthorized
+from diskvault.errors import Conflict, DiskvaultError, Forbidden, Unauthorized
 
 
 class InvalidCredentials(Unauthorized):
@@ -23,3 +23,13 @@ class UserExists(Conflict):
 
 class AdminRequiredForSignup(Forbidden):
     template = "an admin already exists: only an admin can create users"
+
+
+class LoginThrottled(DiskvaultError):
+    template = (
+        "too many failed logins for {subject}; retry in {retry_after} s "
+        "(the limit is {setting} per DISKVAULT_LOGIN_WINDOW_S)"
+    )
+    status = 429
+    exit_code = 6
+    title = "Too many requests"

@@ -27,7 +27,8 @@ class User(IdMixin, TimestampMixin, Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[Role] = mapped_column(Enum(Role, native_enum=False, length=16))
     is_active: Mapped[bool] = mapped_column(default=True)
-    # Bumped on password change: refresh tokens carry it, so old ones stop working.
+    # Bumped on a change of password, role or active flag: access and refresh
+    # tokens carry it and are checked on every request, so old ones stop at once.
     token_version: Mapped[int] = mapped_column(Integer, default=0)
 
 

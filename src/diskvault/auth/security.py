@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +20,7 @@ from diskvault.auth.errors import InvalidToken
 _hasher = PasswordHasher()
 API_TOKEN_PREFIX = "dvt_"  # noqa: S105 - a public prefix, not a secret
 ALGORITHM = "HS256"
+HASHING_NICE = 10
 
 
 def hash_password(password: str) -> str:
@@ -27,6 +32,21 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+def hashing_pool(workers: int) -> ThreadPoolExecutor:
+    """Threads for password checks only, at a lower CPU priority.
+
+    A flood of logins then queues here, and its argon2 work yields the CPU to
+    every other request instead of taking the shared worker threads and cores.
+    """
+    return ThreadPoolExecutor(workers, "argon2", initializer=_lower_priority)
+
+
+def _lower_priority() -> None:
+    # Linux: the nice value is per thread (argon2's own lane threads inherit it).
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICE)
 
 
 def encode_token(secret: str, *, sub: str, kind: str, ttl: timedelta, **claims: Any) -> str:

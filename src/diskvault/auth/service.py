@@ -20,6 +20,7 @@ from diskvault.auth.errors import (
 )
 from diskvault.auth.models import ApiToken, AuditLog, Role, User
 from diskvault.config import Settings
+from diskvault.db.engine import session_scope
 from diskvault.errors import NotFound
 
 
@@ -37,7 +38,12 @@ def issue_tokens(settings: Settings, user: User) -> dict[str, Any]:
     access_ttl = timedelta(minutes=settings.ACCESS_TOKEN_MINUTES)
     return {
         "access_token": security.encode_token(
-            settings.SECRET_KEY, sub=user.id, kind="access", ttl=access_ttl, role=user.role.value
+            settings.SECRET_KEY,
+            sub=user.id,
+            kind="access",
+            ttl=access_ttl,
+            role=user.role.value,
+            ver=user.token_version,
         ),
         "refresh_token": security.encode_token(
             settings.SECRET_KEY,
@@ -51,17 +57,42 @@ def issue_tokens(settings: Settings, user: User) -> dict[str, Any]:
     }
 
 
-def login(session: Session, settings: Settings, username: str, password: str) -> dict[str, Any]:
-    user = session.scalar(select(User).where(User.username == username))
-    # Verify against a dummy hash when the user is unknown so timing does not leak it.
-    stored = user.password_hash if user else _DUMMY_HASH
-    ok = security.verify_password(stored, password)
-    if not user or not ok or not user.is_active:
+def login_candidate(settings: Settings, username: str) -> tuple[User | None, str]:
+    """The user (detached) and the hash to check the password against.
+
+    An unknown user is checked against a dummy hash, so timing does not tell
+    which names exist. The argon2 check itself is the caller's, in its own pool.
+    """
+    with session_scope(settings.DATABASE_URL) as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            return None, DUMMY_HASH
+        session.expunge(user)
+        return user, user.password_hash
+
+
+def login_result(settings: Settings, user: User | None, password_ok: bool) -> dict[str, Any]:
+    if user is None or not password_ok or not user.is_active:
         raise InvalidCredentials()
     return issue_tokens(settings, user)
 
 
-_DUMMY_HASH = security.hash_password(secrets.token_hex(8))
+def record_lockout(
+    settings: Settings, username: str, client: str, detail: str, request_id: str | None
+) -> None:
+    with session_scope(settings.DATABASE_URL) as session:
+        record_audit(
+            session,
+            username=username[:64],
+            action="login locked out",
+            target=client[:300],
+            status=429,
+            request_id=request_id,
+            details={"detail": detail},
+        )
+
+
+DUMMY_HASH = security.hash_password(secrets.token_hex(8))
 
 
 def refresh(session: Session, settings: Settings, refresh_token: str) -> dict[str, Any]:
@@ -93,6 +124,8 @@ def resolve(session: Session, settings: Settings, token: str) -> Principal:
     user = session.get(User, payload["sub"])
     if user is None or not user.is_active:
         raise InvalidToken("unknown or disabled user")
+    if payload.get("ver") != user.token_version:
+        raise InvalidToken("the user's password or role changed since this token was issued")
     return Principal(user.id, user.username, user.role, "jwt")
 
 
@@ -148,12 +181,17 @@ def update_user(
     password: str | None,
 ) -> User:
     user = get_user(session, user_id)
-    if role is not None:
+    # Any change to who the user is or what they may do ends every token issued before it.
+    changed = password is not None
+    if role is not None and role != user.role:
         user.role = role
-    if is_active is not None:
+        changed = True
+    if is_active is not None and is_active != user.is_active:
         user.is_active = is_active
+        changed = True
     if password is not None:
         user.password_hash = security.hash_password(password)
+    if changed:
         user.token_version += 1
     session.commit()
     return user

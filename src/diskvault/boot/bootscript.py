@@ -58,6 +58,14 @@ def advertise_address(settings: Settings, host_header: str) -> str:
     return "127.0.0.1" if ipaddress.ip_address(ip).is_unspecified else ip
 
 
+def mac_key(mac: str) -> str:
+    """One spelling per NIC (any case or separator), so a limit per MAC cannot be dodged."""
+    try:
+        return service.normalize_mac(mac)
+    except InvalidMac:
+        return mac.strip().lower()
+
+
 class RateLimiter:
     """A token bucket per client: ``per_minute`` requests, refilled continuously."""
 

@@ -35,13 +35,31 @@ PageDep = Annotated[PageParams, Depends(page_params)]
 ForceQuery = Annotated[bool, Query(description="delete even while the machine is booted")]
 
 
-def _limiter(request: Request, settings: Settings) -> bootscript.RateLimiter:
-    limiter: bootscript.RateLimiter | None = getattr(request.app.state, "boot_limiter", None)
+def _limiter(request: Request, name: str, per_minute: int) -> bootscript.RateLimiter:
+    limiter: bootscript.RateLimiter | None = getattr(request.app.state, name, None)
     if limiter is None:
-        limiter = request.app.state.boot_limiter = bootscript.RateLimiter(
-            settings.BOOT_RATE_LIMIT_PER_MIN
-        )
+        limiter = bootscript.RateLimiter(per_minute)
+        setattr(request.app.state, name, limiter)
     return limiter
+
+
+def _rate_limited(request: Request, settings: Settings, client: str, mac: str) -> Response | None:
+    """Per MAC first, so one machine looping on its script does not use up its
+    neighbours' share of the per-IP bucket (many machines can share one NAT address)."""
+    mac_key = bootscript.mac_key(mac)
+    who, setting = f"MAC {mac_key}", "DISKVAULT_BOOT_RATE_LIMIT_PER_MAC_PER_MIN"
+    wait = _limiter(request, "boot_mac_limiter", settings.BOOT_RATE_LIMIT_PER_MAC_PER_MIN).take(
+        mac_key
+    )
+    if not wait:
+        who, setting = client, "DISKVAULT_BOOT_RATE_LIMIT_PER_MIN"
+        wait = _limiter(request, "boot_limiter", settings.BOOT_RATE_LIMIT_PER_MIN).take(client)
+    if not wait:
+        return None
+    retry_after = math.ceil(wait)
+    body = BootRateLimited(client=who, retry_after=retry_after, setting=setting).problem()
+    body["instance"] = request.url.path
+    return problem_response(body, headers={"Retry-After": str(retry_after)})
 
 
 @public_router.get(
@@ -56,12 +74,9 @@ def boot_script(
     mac: Annotated[str, Query(max_length=64, description="the NIC's MAC, e.g. ${net0/mac}")],
 ) -> Response:
     client = request.client.host if request.client else "unknown"
-    wait = _limiter(request, settings).take(client)
-    if wait:
-        retry_after = math.ceil(wait)
-        body = BootRateLimited(client=client, retry_after=retry_after).problem()
-        body["instance"] = request.url.path
-        return problem_response(body, headers={"Retry-After": str(retry_after)})
+    refused = _rate_limited(request, settings, client, mac)
+    if refused is not None:
+        return refused
     server = bootscript.advertise_address(settings, request.headers.get("host", ""))
     return PlainTextResponse(bootscript.answer(db, settings, mac, server=server, client=client))
 
@@ -256,6 +271,7 @@ def startup(app: FastAPI) -> None:
     """Runs after the targets domain started tgtd: layers first, then their targets."""
     settings: Settings = app.state.settings
     app.state.boot_limiter = bootscript.RateLimiter(settings.BOOT_RATE_LIMIT_PER_MIN)
+    app.state.boot_mac_limiter = bootscript.RateLimiter(settings.BOOT_RATE_LIMIT_PER_MAC_PER_MIN)
     try:
         sessions.startup(settings)
     except Exception:

@@ -67,7 +67,10 @@ class WritebackFull(InsufficientStorage, WritebackError):
 
 
 class BootRateLimited(DiskvaultError):
-    template = "too many boot requests from {client}; retry in {retry_after} s"
+    template = (
+        "too many boot requests from {client}; retry in {retry_after} s "
+        "(the limit is {setting} per minute)"
+    )
     status = 429
     exit_code = 6
     title = "Too many requests"

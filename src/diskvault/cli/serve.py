@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from diskvault.config import Settings
 
 
 def serve(
@@ -37,4 +42,13 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        **proxy_options(settings),
     )
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: trust no one
+    but DISKVAULT_TRUSTED_PROXIES, so a client cannot pick its own address (rate limits)."""
+    if not settings.TRUSTED_PROXIES:
+        return {"proxy_headers": False, "forwarded_allow_ips": []}
+    return {"proxy_headers": True, "forwarded_allow_ips": list(settings.TRUSTED_PROXIES)}

@@ -7,13 +7,9 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from diskvault.api.deps import DbDep, PrincipalDep, SettingsDep, bearer_token
+from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.problems import problem_response
-from diskvault.auth import service as auth_service
-from diskvault.auth.errors import MissingToken, RoleRequired
-from diskvault.auth.models import Role
-from diskvault.auth.service import Principal
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.errors import DiskvaultError
@@ -34,20 +30,8 @@ router = APIRouter(prefix="/api/v1/images", tags=["images"])
 PageDep = Annotated[PageParams, Depends(page_params)]
 
 
-def upload_principal(request: Request, settings: SettingsDep) -> Principal:
-    """Like PrincipalDep (operators and admins), without a DB session held for the upload."""
-    token = bearer_token(request)
-    if token is None:
-        raise MissingToken()
-    with session_scope(settings.DATABASE_URL) as s:
-        principal = auth_service.resolve(s, settings, token)
-    request.state.principal = principal
-    if principal.role.rank < Role.operator.rank:
-        raise RoleRequired(role="operator", current=principal.role.value)
-    return principal
-
-
-UploadPrincipalDep = Annotated[Principal, Depends(upload_principal)]
+# Operators and admins; checked by api.guard before a byte of the upload is read.
+UploadPrincipalDep = OperatorDep
 
 
 def _new_upload(settings: Settings, name: str, owner: str, fields: dict[str, str]) -> Image:

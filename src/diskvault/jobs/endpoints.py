@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect, status
 from sqlalchemy.orm import Session
 
+from diskvault.api import guard
 from diskvault.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
-from diskvault.auth import service as auth_service
 from diskvault.config import Settings
 from diskvault.db.engine import session_factory
 from diskvault.errors import DiskvaultError, Forbidden
@@ -83,27 +84,34 @@ def _read_job(settings: Settings, job_id: str) -> Job | None:
         session.close()
 
 
+def _first_frame_token(message: Mapping[str, Any]) -> str | None:
+    """The token of a ``{"token": "..."}`` text frame; None for anything else."""
+    text = message.get("text")
+    if not isinstance(text, str):
+        return None  # a binary frame, or the client left
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    token = data.get("token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) else None
+
+
 async def _authenticate(ws: WebSocket, settings: Settings) -> bool:
     token = ws.query_params.get("token")
     if token is None:
         try:
-            first = await asyncio.wait_for(ws.receive_text(), timeout=10)
-            token = json.loads(first).get("token")
-        except (TimeoutError, ValueError, AttributeError, WebSocketDisconnect):
-            token = None
+            first = await asyncio.wait_for(ws.receive(), timeout=10)
+        except TimeoutError:
+            first = {}
+        if first.get("type") == "websocket.disconnect":
+            return False
+        token = _first_frame_token(first)
     if not token:
         await ws.close(code=4401, reason="authentication required: pass ?token= or {token}")
         return False
-
-    def check() -> None:
-        session = session_factory(settings.DATABASE_URL)()
-        try:
-            auth_service.resolve(session, settings, token)
-        finally:
-            session.close()
-
     try:
-        await anyio.to_thread.run_sync(check)
+        await anyio.to_thread.run_sync(guard.resolve_token, settings, token)
     except DiskvaultError as exc:
         await ws.close(code=4401, reason=exc.message[:120])
         return False
