@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import http.server
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -158,3 +160,14 @@ def file_server(root: Path, redirects: dict[str, str] | None = None) -> Iterator
     finally:
         server.shutdown()
         server.server_close()
+
+
+def reference_digest(data: bytes) -> str:
+    """sha256-extents-v1 as docs/images.md defines it, computed the plain way."""
+    h = hashlib.sha256()
+    for offset in range(0, len(data), 65536):
+        block = data[offset : offset + 65536]
+        if block.count(0) != len(block):
+            h.update(struct.pack(">QQ", offset, len(block)) + block)
+    h.update(struct.pack(">Q", len(data)))
+    return h.hexdigest()

@@ -215,7 +215,8 @@ def accept_upload(
     fields: dict[str, str],
     filename: str | None,
     size: int,
-    sha256: str,
+    sha256: str | None,
+    digest: str | None,
 ) -> Image:
     """The bytes have landed: validate the form, inspect the headers, start processing.
 
@@ -242,7 +243,12 @@ def accept_upload(
         image.source_sha256 = sha256
         image.file_size = size
         claimed = fields.get("format") or image.details.get("claimed_format")
-        image.details = {**image.details, "claimed_format": claimed, "filename": filename}
+        image.details = {
+            **image.details,
+            "claimed_format": claimed,
+            "filename": filename,
+            "source_digest": digest,
+        }
     return start_processing(settings, image_id, claimed)
 
 
