@@ -125,16 +125,18 @@ def hash_blocks(
         data = max(pos, data - data % BLOCK)
         stop = min(end, -(-stop // BLOCK) * BLOCK)
         while data < stop:
+            if should_cancel is not None and should_cancel():
+                raise Cancelled()
             chunk = os.pread(fd, min(READ, stop - data), data)
             if not chunk:
                 raise OSError(f"the file shrank while it was hashed (at {data})")
             hasher.update(data, chunk)
             data += len(chunk)
-            if should_cancel is not None and should_cancel():
-                raise Cancelled()
             if progress is not None:
                 progress(data)
         pos = stop
+    if should_cancel is not None and should_cancel():
+        raise Cancelled()
     if progress is not None:
         progress(end)
 

@@ -112,6 +112,8 @@ class _Sink:
         self._count(len(data))
         while data:
             if self._buf is None:
+                while self._pending and all(f.done() for f in self._pending[0][1]):
+                    await self._retire_oldest()
                 if not self._free and self.buffers < BUFFERS:
                     self._free.append(bytearray(BATCH))
                     self.buffers += 1
