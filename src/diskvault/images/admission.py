@@ -115,6 +115,11 @@ class Expected:
         if not sparse and self.extents:
             raise InvalidUpload("a multipart upload is verified with X-Checksum-Sha256")
 
+    @property
+    def kind(self) -> str | None:
+        """What was verified: ``"sha256"``, ``"sha256-extents-v1"`` or None."""
+        return "sha256" if self.sha256 else "sha256-extents-v1" if self.extents else None
+
     def verify(self, sha256: str | None, extents: str | None) -> None:
         for name, want, got in (
             ("SHA-256", self.sha256, sha256),

@@ -164,6 +164,7 @@ async def upload_image(
         size=received.size,
         sha256=received.sha256,
         digest=received.digest,
+        verified=expected.kind,
     )
     return await anyio.to_thread.run_sync(accept)
 

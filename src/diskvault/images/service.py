@@ -217,6 +217,7 @@ def accept_upload(
     size: int,
     sha256: str | None,
     digest: str | None,
+    verified: str | None = None,
 ) -> Image:
     """The bytes have landed: validate the form, inspect the headers, start processing.
 
@@ -248,6 +249,7 @@ def accept_upload(
             "claimed_format": claimed,
             "filename": filename,
             "source_digest": digest,
+            "client_checksum": verified,  # which checksum of the client's was verified
         }
     return start_processing(settings, image_id, claimed)
 
