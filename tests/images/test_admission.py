@@ -12,11 +12,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from diskvault.config import Settings
-from diskvault.images import admission, sparse
+from diskvault.images import admission, digest, sparse
 from diskvault.jobs.runner import run_job
 from diskvault.tools import qemu_img, qemu_io
 from support.http import assert_problem, auth
-from support.images_util import patterned, reference_digest, temp_leftovers, upload
+from support.images_util import (
+    expected_raw,
+    patterned,
+    reference_digest,
+    temp_leftovers,
+    upload,
+)
 from support.server import ServerProcess
 
 MiB = 1024 * 1024
@@ -219,3 +225,30 @@ def test_slow_uploads_are_bounded_in_number_memory_and_time(tmp_path: Path) -> N
             ok = client.post("/api/v1/images/upload", files={"file": ("y.img", b"x" * 512)})
             assert ok.status_code == 202, ok.text  # the slots were given back
     assert grown < 200 * MiB, f"40 slow uploads grew RSS by {grown // MiB} MiB"
+
+
+def test_a_resize_to_a_tebibyte_hashes_only_the_data(
+    api: TestClient, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 13.5: the digest after a resize reads the data, not the new holes."""
+    hashers: list[digest.ExtentHasher] = []
+
+    class Recording(digest.ExtentHasher):
+        def __init__(self) -> None:
+            super().__init__()
+            hashers.append(self)
+
+    image = upload(api, patterned(tmp_path / "disk.qcow2", "qcow2"))
+    run_job(settings, image.json()["job_id"])
+    monkeypatch.setattr(digest, "ExtentHasher", Recording)
+    tib = 1024**4
+    resp = api.post(f"/api/v1/images/{image.json()['id']}/resize", json={"size": tib})
+    assert resp.status_code == 202, resp.text
+    run_job(settings, resp.json()["job_id"])
+    grown = api.get(f"/api/v1/images/{image.json()['id']}").json()
+    assert grown["status"] == "READY" and grown["virtual_size"] == tib
+    assert len(hashers) == 1 and hashers[0].fed <= 4 * 65536  # the four 64 KiB patterns
+    expected = digest.ExtentHasher()
+    data = expected_raw(tmp_path / "e.raw").read_bytes()
+    expected.update(0, data)
+    assert grown["digest"] == expected.hexdigest(tib)
