@@ -17,7 +17,7 @@ from diskvault.auth.service import Principal
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.errors import DiskvaultError
-from diskvault.images import admission, download, importer, service, sparse, upload
+from diskvault.images import admission, download, importer, intake, service, sparse, upload
 from diskvault.images.errors import (
     InsufficientSpace,
     RangeNotSatisfiable,
@@ -155,7 +155,7 @@ async def upload_image(
                 exc.fields["image_id"] = image.id
             raise
     accept = functools.partial(
-        service.accept_upload,
+        intake.accept_upload,
         settings,
         image.id,
         partial,
