@@ -224,6 +224,7 @@ def test_slow_uploads_are_bounded_in_number_memory_and_time(tmp_path: Path) -> N
             assert not list((tmp_path / "srv" / "tmp").glob("*"))
             ok = client.post("/api/v1/images/upload", files={"file": ("y.img", b"x" * 512)})
             assert ok.status_code == 202, ok.text  # the slots were given back
+    print(f"40 slow uploads: serve RSS {before / MiB:.0f} MiB + {grown / MiB:.1f} MiB")
     assert grown < 200 * MiB, f"40 slow uploads grew RSS by {grown // MiB} MiB"
 
 

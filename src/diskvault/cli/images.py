@@ -78,6 +78,7 @@ def _show(image: dict[str, Any]) -> None:
         ("virtual size", human_bytes(image["virtual_size"])),
         ("actual size", human_bytes(image["actual_size"])),
         ("sha256", image["sha256"]),
+        ("digest (sha256-extents-v1)", image.get("digest")),
         ("source", image["source"]),
         ("owner", image["owner"]),
         ("job", image["job_id"]),

@@ -338,7 +338,8 @@ async def idle_limited(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIte
     iterator = aiter(chunks)
     while True:
         try:
-            chunk = await asyncio.wait_for(anext(iterator), timeout)
+            async with asyncio.timeout(timeout):  # a timer per chunk, no task
+                chunk = await anext(iterator)
         except StopAsyncIteration:
             return
         except TimeoutError:
