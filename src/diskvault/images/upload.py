@@ -98,9 +98,9 @@ class _Sink:
         self._buf: bytearray | None = None
         self._n = 0
         self._written = 0
-        self._hash_lane = ThreadPoolExecutor(1, thread_name_prefix="upload-sha256")
+        self._hash_lane = ThreadPoolExecutor(1, thread_name_prefix="upload-hash")
         self._write_lane = ThreadPoolExecutor(1, thread_name_prefix="upload-write")
-        # Work handed to the lanes, oldest first, with the buffer it holds (None for zeros).
+        # Work handed to the lanes, oldest first, with the buffer it holds.
         self._pending: deque[tuple[bytearray, list[asyncio.Future[None]]]] = deque()
 
     def _count(self, n: int) -> None:
