@@ -205,3 +205,21 @@ def test_a_tebibyte_disk_converts_and_hashes_by_its_data(
     h = hashlib.sha256(struct.pack(">QQ", 0, 65536) + head)
     h.update(struct.pack(">QQ", TiB - 65536, 65536) + tail + struct.pack(">Q", TiB))
     assert digest == h.hexdigest()
+
+
+def test_a_sparse_vhdx_converts_only_its_present_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """qemu maps all of a VHDX as data; its block table says which 64 MiB segments to convert."""
+    monkeypatch.setattr(files, "SEGMENT", 64 * MiB)
+    src = tmp_path / "big.vhdx"
+    size = 4160 * MiB
+    qemu_img.create(src, "vhdx", size, options={"block_size": MiB})
+    # 1 MiB blocks: a sector-bitmap entry follows every 4096 block entries (4 GiB)
+    for offset, byte in ((0, 0x11), (4095 * MiB + 512, 0x22), (4150 * MiB, 0x33)):
+        qemu_io.write_pattern(src, "vhdx", offset, MiB, byte)
+    segments = files.data_segments(src, "vhdx", size, binary="qemu-img")
+    assert segments == [0, 4032 * MiB, 4096 * MiB]
+    out = tmp_path / "out.raw"
+    convert_file(src, "vhdx", out, "raw", digest=True)
+    assert qemu_img.compare(src, out, "vhdx", "raw")

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from diskvault.images import allocation
 from diskvault.images.digest import ExtentHasher, data_extents, file_digest, hash_blocks
 from diskvault.images.errors import InsufficientSpace
 from diskvault.storage.base import fsync_dir
@@ -275,11 +276,8 @@ def _convert_raw_hashing(
 def data_segments(src: Path, fmt: str, size: int, *, binary: str) -> list[int]:
     """Offsets of the ``SEGMENT``s of the guest disk in which ``qemu-img map`` shows data."""
     starts: set[int] = set()
-    for extent in qemu_img.map(src, fmt, binary=binary):
-        if not extent.get("data") or extent.get("zero"):
-            continue
-        first = extent["start"] - extent["start"] % SEGMENT
-        starts.update(range(first, min(size, extent["start"] + extent["length"]), SEGMENT))
+    for start, end in allocation.data_ranges(src, fmt, binary=binary):
+        starts.update(range(start - start % SEGMENT, min(size, end), SEGMENT))
     return sorted(starts)
 
 
