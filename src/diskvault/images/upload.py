@@ -343,7 +343,9 @@ async def idle_limited(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIte
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise UploadStalled(timeout=f"{timeout:g}") from None
+            raise UploadStalled(
+                timeout=f"{timeout:g}", setting="DISKVAULT_UPLOAD_IDLE_TIMEOUT_S"
+            ) from None
         yield chunk
 
 
