@@ -21,7 +21,14 @@ which mostly measures how long Python takes to load from a cold disk):
 Prints the ratios baseline/diskvault (goals: local >= 1.0x, server >= 0.6x),
 the server path's stages, and the server's peak RSS while it uploads and converts.
 
+4. the huge-sparse rows (issue 13, finding 5): a qcow2 and a VHDX declaring 4 TiB
+   that hold 1 MiB of data, uploaded both ways until READY, with the server's CPU seconds
+   (utime + stime of ``serve`` and its reaped children, from /proc/<pid>/stat)
+   against bare ``qemu-img convert`` of the same file. Goal: seconds, and under
+   5 s of server CPU: cost follows the data, not the virtual size.
+
 Usage: .venv/bin/python bench/convert.py [--size-gib 4] [--runs 3] [--cold data|all]
+       .venv/bin/python bench/convert.py --rows huge     # only row 4
 """
 
 from __future__ import annotations
@@ -113,6 +120,11 @@ class Server:
                 return int(line.split()[1]) * 1024
         return 0
 
+    def cpu_seconds(self) -> float:
+        """utime + stime of serve and of the children it has reaped (qemu-img)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.client.close()
         self.proc.send_signal(signal.SIGTERM)
@@ -126,7 +138,7 @@ def _ready(server: Server, image_id: str) -> dict[str, Any]:
         if image["status"] in ("READY", "ERROR"):
             break
         time.sleep(0.02)
-    if image["status"] != "READY" or image["format"] != "raw" or not image["sha256"]:
+    if image["status"] != "READY" or image["format"] != "raw" or not image["digest"]:
         raise SystemExit(f"server path failed: {image}")
     return image
 
@@ -184,8 +196,58 @@ def server_path(server: Server, vhdx: Path, client: str) -> tuple[float, dict[st
     return total.seconds, _stages(server, image), peak[0]
 
 
+HUGE = 4 * 1024**4  # the default MAX_VIRTUAL_SIZE
+
+
+def build_huge(workdir: Path, fmt: str) -> Path:
+    """An image declaring 4 TiB with 1 MiB of data in the middle."""
+    path = workdir / f"huge-4T-1M.{fmt}"
+    if not path.exists():
+        run(["qemu-img", "create", "-q", "-f", fmt, path, str(HUGE)])
+        run(["qemu-io", "-f", fmt, "-c", f"write -P 0x5a {HUGE // 2} 1M", path])
+    return path
+
+
+def huge_rows(workdir: Path) -> None:
+    table = Table(
+        ["path", "seconds", "CPU s", "CPU baseline/this", "goal"],
+        title=f"bench/convert.py: images of {fmt_bytes(HUGE)} virtual holding 1 MiB, to raw",
+    )
+    server = Server(workdir / "server-huge")
+    try:
+        for fmt in ("qcow2", "vhdx"):
+            src = build_huge(workdir, fmt)
+            out = workdir / "huge.raw"
+            before = os.times()
+            with timer() as t:
+                run(["qemu-img", "convert", "-f", fmt, "-O", "raw", src, out])
+            after = os.times()
+            base_cpu = after.children_user + after.children_system
+            base_cpu -= before.children_user + before.children_system
+            out.unlink()
+            size = fmt_bytes(src.stat().st_size)
+            table.add(
+                f"{fmt} ({size}): qemu-img convert -O raw (baseline)",
+                t.seconds,
+                base_cpu,
+                "1.00x",
+                "",
+            )
+            for client, label in (("cli", "diskvault image upload"), ("curl", "curl -F")):
+                cpu = server.cpu_seconds()
+                seconds, _, _ = server_path(server, src, client)
+                used = server.cpu_seconds() - cpu
+                row = f"{fmt}: server path, {label}, to READY"
+                table.add(row, seconds, used, ratio(base_cpu, used), "seconds, < 5 s CPU")
+    finally:
+        server.stop()
+        shutil.rmtree(workdir / "server-huge", ignore_errors=True)
+    table.print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", choices=["all", "huge"], default="all")
     parser.add_argument("--size-gib", type=float, default=4)
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/dv-bench-convert"))
     parser.add_argument("--runs", type=int, default=1, help="repeat and keep the best of each")
@@ -198,6 +260,9 @@ def main() -> None:
     args = parser.parse_args()
     size = int(args.size_gib * 1024) * MiB
     args.dir.mkdir(parents=True, exist_ok=True)
+    huge_rows(args.dir)
+    if args.rows == "huge":
+        return
     vhdx = build_vhdx(args.dir, size)
     out = args.dir / "out.raw"
     server = Server(args.dir / "server")

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     IMPORT_URL_ALLOWED_PORTS: list[int] = Field(default_factory=lambda: [80, 443])
     IMPORT_URL_TIMEOUT_S: float = Field(default=60.0, gt=0)  # connect/read stall, not total
     IMAGE_CONVERT_RATE_LIMIT: int = Field(default=0, ge=0)  # bytes/s per conversion; 0: unlimited
+    UPLOAD_IDLE_TIMEOUT_S: float = Field(default=60.0, gt=0)  # an upload body silent this long
+    UPLOADS_PER_USER: int = Field(default=4, ge=1)  # uploads in progress at once, per user
+    JOBS_PER_USER: int = Field(default=32, ge=1)  # queued or running jobs a user may start
 
     # -- organizer --
     ORGANIZER_ROOTS: list[str] = Field(default_factory=list)  # file:// paths or s3:// URLs

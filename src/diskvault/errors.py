@@ -97,6 +97,14 @@ class PayloadTooLarge(DiskvaultError):
     title = "Payload too large"
 
 
+class TooManyRequests(DiskvaultError):
+    """A limit was reached; ``retry_after`` (seconds) becomes the Retry-After header."""
+
+    status = 429
+    exit_code = 6
+    title = "Too many requests"
+
+
 class ServiceUnavailable(DiskvaultError):
     status = 503
     exit_code = 6

@@ -17,6 +17,7 @@ from support.images_util import (
     ReadSentinel,
     expected_raw,
     patterned,
+    reference_digest,
     temp_leftovers,
     upload,
     wait_image,
@@ -175,6 +176,8 @@ def test_cli_upload_download_and_remove(
     image_id = up.stdout.split("image ", 1)[1].split()[0]
     image = client.get(f"/api/v1/images/{image_id}").json()
     assert image["status"] == "READY" and image["name"] == "cli disk"
+    assert image["details"]["client_checksum"] == "sha256-extents-v1"  # the CLI sent it
+    assert image["source_digest"] == reference_digest(src.read_bytes())
     listed = _cli(srv, token, "image", "list", "--status", "READY", cwd=tmp_path)
     assert listed.returncode == 0 and image_id[:12] in listed.stdout
     out = tmp_path / "cli.raw"

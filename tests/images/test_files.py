@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from diskvault.images import files
+from diskvault.images.digest import ExtentHasher
 from diskvault.images.errors import InsufficientSpace
 from diskvault.images.files import (
     allocated_bytes,
@@ -18,7 +20,9 @@ from diskvault.images.files import (
 )
 from diskvault.tools import qemu_img, qemu_io
 from diskvault.tools.process import Cancelled
-from support.images_util import MiB, expected_raw, patterned
+from support.images_util import MiB, expected_raw, patterned, reference_digest
+
+TiB = 1024 * 1024 * MiB
 
 
 def _sparse_file(path: Path) -> Path:
@@ -93,11 +97,11 @@ def test_raw_convert_hashes_segments_while_converting(
         out,
         "raw",
         progress=percents.append,
-        sha256=True,
-        sha256_progress=hashed.append,
+        digest=True,
+        digest_progress=hashed.append,
     )
     assert qemu_img.compare(out, expected_raw(tmp_path / "expected.raw"), "raw", "raw")
-    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert digest == reference_digest(out.read_bytes())
     assert allocated_bytes(out) < 2 * MiB < out.stat().st_size  # still sparse
     assert hashed == sorted(hashed) and hashed[-1] == out.stat().st_size
     assert percents == sorted(percents) and percents[-1] == 100.0
@@ -120,8 +124,8 @@ def test_convert_flushes_unless_told_not_to(
 def test_convert_to_other_formats_hashes_while_flushing(tmp_path: Path) -> None:
     src = patterned(tmp_path / "src.qcow2", "qcow2")
     out = tmp_path / "out.qcow2"
-    digest = convert_file(src, "qcow2", out, "qcow2", sha256=True)
-    assert digest == hashlib.sha256(out.read_bytes()).hexdigest()
+    digest = convert_file(src, "qcow2", out, "qcow2", digest=True)
+    assert digest == reference_digest(out.read_bytes())
     assert convert_file(src, "qcow2", tmp_path / "again.raw", "raw") is None
 
 
@@ -130,7 +134,7 @@ def test_a_cancelled_hash_leaves_no_partial(tmp_path: Path, target: str) -> None
     src = patterned(tmp_path / "src.qcow2", "qcow2")
     out = tmp_path / f"c.{target}"
     with pytest.raises(Cancelled):
-        convert_file(src, "qcow2", out, target, sha256=True, should_cancel=_after(3))
+        convert_file(src, "qcow2", out, target, digest=True, should_cancel=_after(3))
     assert not list(tmp_path.glob("c.*"))
 
 
@@ -170,3 +174,52 @@ def test_convert_fails_early_when_the_output_cannot_fit(tmp_path: Path, small_fs
     assert info.value.status == 507
     assert "needs" in info.value.message and "free" in info.value.message
     assert list(small_fs.iterdir()) == []
+
+
+def test_a_tebibyte_disk_converts_and_hashes_by_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 13.5: 1 TiB virtual, 128 KiB of data: only the data is converted and read."""
+    hashers: list[ExtentHasher] = []
+
+    class Recording(ExtentHasher):
+        def __init__(self) -> None:
+            super().__init__()
+            hashers.append(self)
+
+    monkeypatch.setattr(files, "ExtentHasher", Recording)
+    src = tmp_path / "big.qcow2"
+    qemu_img.create(src, "qcow2", TiB)
+    qemu_io.write_pattern(src, "qcow2", 0, 65536, 0xAA)
+    qemu_io.write_pattern(src, "qcow2", TiB - 65536, 65536, 0xBB)
+    out = tmp_path / "big.raw"
+    digest = convert_file(src, "qcow2", out, "raw", digest=True)
+    assert out.stat().st_size == TiB and allocated_bytes(out) < MiB
+    assert hashers[0].fed <= 2 * 65536  # the two data blocks, never the holes
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        head, tail = os.pread(fd, 65536, 0), os.pread(fd, 65536, TiB - 65536)
+    finally:
+        os.close(fd)
+    assert head == b"\xaa" * 65536 and tail == b"\xbb" * 65536
+    h = hashlib.sha256(struct.pack(">QQ", 0, 65536) + head)
+    h.update(struct.pack(">QQ", TiB - 65536, 65536) + tail + struct.pack(">Q", TiB))
+    assert digest == h.hexdigest()
+
+
+def test_a_sparse_vhdx_converts_only_its_present_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """qemu maps all of a VHDX as data; its block table says which 64 MiB segments to convert."""
+    monkeypatch.setattr(files, "SEGMENT", 64 * MiB)
+    src = tmp_path / "big.vhdx"
+    size = 4160 * MiB
+    qemu_img.create(src, "vhdx", size, options={"block_size": MiB})
+    # 1 MiB blocks: a sector-bitmap entry follows every 4096 block entries (4 GiB)
+    for offset, byte in ((0, 0x11), (4095 * MiB + 512, 0x22), (4150 * MiB, 0x33)):
+        qemu_io.write_pattern(src, "vhdx", offset, MiB, byte)
+    segments = files.data_segments(src, "vhdx", size, binary="qemu-img")
+    assert segments == [0, 4032 * MiB, 4096 * MiB]
+    out = tmp_path / "out.raw"
+    convert_file(src, "vhdx", out, "raw", digest=True)
+    assert qemu_img.compare(src, out, "vhdx", "raw")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from fastapi.testclient import TestClient
 from diskvault.config import Settings
 from diskvault.jobs.runner import run_job
 from support.http import auth
-from support.images_util import SIZE, expected_raw, patterned, upload
+from support.images_util import SIZE, expected_raw, patterned, reference_digest, upload
 
 
 @pytest.fixture
@@ -48,8 +47,8 @@ def test_s3_store_end_to_end(
     url = f"/api/v1/images/{image['id']}"
     part = api.get(f"{url}/download", headers={"Range": "bytes=1048576-1048577"})
     assert part.status_code == 206 and part.content == b"\xbb\xbb"
-    assert hashlib.sha256(api.get(f"{url}/download").content).hexdigest() == image["sha256"]
-    assert image["sha256"] == hashlib.sha256(expected).hexdigest()
+    assert reference_digest(api.get(f"{url}/download").content) == image["digest"]
+    assert image["digest"] == reference_digest(expected)
 
     qcow = run(api, settings, api.post(f"{url}/convert", json={"target_format": "qcow2"}))
     assert qcow["format"] == "qcow2"

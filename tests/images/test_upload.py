@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from diskvault.images import upload
-from diskvault.images.errors import InvalidUpload, UploadTooLarge
+from diskvault.images.errors import InvalidUpload, UploadStalled, UploadTooLarge
 from diskvault.images.files import allocated_bytes
 
 BOUNDARY = "test-boundary-1234"
@@ -92,3 +92,68 @@ def test_over_the_limit_is_refused(tmp_path: Path) -> None:
 def test_not_multipart_is_refused() -> None:
     with pytest.raises(InvalidUpload):
         upload.boundary_of("application/json")
+
+
+def test_a_body_without_its_closing_boundary_is_refused(tmp_path: Path) -> None:
+    """Issue 14.1: a multipart body cut short is not a complete upload."""
+    whole = body({"name": "x"}, os.urandom(3 * MiB))
+    for cut in (len(whole) - len(BOUNDARY) - 6, len(whole) - 3 * MiB // 2):
+        dest = tmp_path / f"cut-{cut}.partial"
+        with pytest.raises(InvalidUpload) as info:
+            receive(whole[:cut], dest)
+        assert "before its closing boundary" in info.value.message
+        assert not dest.exists()
+
+
+def test_a_file_part_shorter_than_its_content_length_is_refused(tmp_path: Path) -> None:
+    payload = os.urandom(1000)
+    data = body({}, payload).replace(
+        b"Content-Type: application/octet-stream", b"Content-Length: 2000"
+    )
+    dest = tmp_path / "x.partial"
+    with pytest.raises(InvalidUpload) as info:
+        receive(data, dest)
+    assert "declares Content-Length 2000 but 1000 bytes arrived" in info.value.message
+    assert not dest.exists()
+    exact = body({}, payload).replace(
+        b"Content-Type: application/octet-stream", b"Content-Length: 1000"
+    )
+    assert receive(exact, tmp_path / "ok.partial").size == 1000
+
+
+def test_a_utf8_filename_is_kept(tmp_path: Path) -> None:
+    got = receive(body({}, b"abc", filename="Образ диска ü.img"), tmp_path / "x.partial")
+    assert got.filename == "Образ диска ü.img"
+
+
+def test_a_stalled_body_times_out_and_leaves_nothing(tmp_path: Path) -> None:
+    """Finding 13.7: a client that stops sending is dropped after the idle timeout."""
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield body({}, b"x" * 100)[:150]
+        await asyncio.Event().wait()  # never sends again
+        yield b""
+
+    dest = tmp_path / "x.partial"
+    with pytest.raises(UploadStalled) as info:
+        asyncio.run(upload.receive(upload.idle_limited(stalls(), 0.2), CTYPE, dest, limit=1 << 30))
+    assert info.value.status == 408 and "DISKVAULT_UPLOAD_IDLE_TIMEOUT_S" in info.value.message
+    assert not dest.exists()
+
+
+def test_a_slow_upload_holds_one_small_buffer(tmp_path: Path) -> None:
+    """Finding 13.7: buffers are made as needed, so a trickling upload holds one or two MiB."""
+    fd = os.open(tmp_path / "y", os.O_CREAT | os.O_WRONLY)
+    slow = upload._Sink(fd, 1 << 30, plain=True)
+
+    async def trickle() -> None:
+        for _ in range(3000):  # 3 MB in 1000-byte pieces, each written before the next
+            await slow.feed(memoryview(b"z" * 1000))
+            await slow.settle()  # a slow client: the disk keeps up between its pieces
+
+    try:
+        asyncio.run(trickle())
+    finally:
+        os.close(fd)
+        slow.close()
+    assert slow.buffers <= 2 and 4 * MiB >= upload.BATCH * upload.BUFFERS

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import http.server
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -192,3 +194,14 @@ def patched_dns(answers: dict[str, DnsAnswer]) -> Iterator[None]:
         yield
     finally:
         socket.getaddrinfo = real
+
+
+def reference_digest(data: bytes) -> str:
+    """sha256-extents-v1 as docs/images.md defines it, computed the plain way."""
+    h = hashlib.sha256()
+    for offset in range(0, len(data), 65536):
+        block = data[offset : offset + 65536]
+        if block.count(0) != len(block):
+            h.update(struct.pack(">QQ", offset, len(block)) + block)
+    h.update(struct.pack(">Q", len(data)))
+    return h.hexdigest()

@@ -34,7 +34,9 @@ async def _diskvault_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DiskvaultError)
     if exc.status >= 500:
         log.error("request failed", error=exc.message, error_type=type(exc).__name__)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if "retry_after" in exc.fields:
+        headers["Retry-After"] = str(exc.fields["retry_after"])
     return problem_response(_instance(request, exc.problem()), headers)
 
 

@@ -78,6 +78,7 @@ def _show(image: dict[str, Any]) -> None:
         ("virtual size", human_bytes(image["virtual_size"])),
         ("actual size", human_bytes(image["actual_size"])),
         ("sha256", image["sha256"]),
+        ("digest (sha256-extents-v1)", image.get("digest")),
         ("source", image["source"]),
         ("owner", image["owner"]),
         ("job", image["job_id"]),
@@ -107,13 +108,18 @@ def upload(
 ) -> None:
     """Upload an image with a progress bar; it is inspected, verified and converted.
 
-    Only the file's data is sent: holes and all-zero MiB blocks are skipped.
+    Only the file's data is sent: holes and all-zero MiB blocks are skipped. Its
+    sha256-extents-v1 digest (reading the data only) goes along, and the server
+    refuses the upload if what it received differs.
 
     Example: diskvault image upload win11.vhdx --name "Windows 11" --type system --wait
     """
-    from diskvault.images import sparse
+    from diskvault.images import admission, sparse
+    from diskvault.images.digest import file_digest
 
     client = Client()
+    with console.status(f"checksumming {file.name} (its data only)"):
+        digest, _ = file_digest(file)
     params = {"name": name or file.name, "image_type": image_type}
     if fmt:
         params["format"] = fmt
@@ -130,7 +136,7 @@ def upload(
         "/api/v1/images/upload",
         params=params,
         content=tracked(),
-        headers={"Content-Type": sparse.CONTENT_TYPE},
+        headers={"Content-Type": sparse.CONTENT_TYPE, admission.EXTENTS_HEADER: digest},
         timeout=httpx.Timeout(300.0),
     )
     console.print(f"uploaded {file.name}: image {image['id']} ({image['status']})")

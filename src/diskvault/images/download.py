@@ -73,8 +73,8 @@ def response(store: ImageStore, image: Image, range_header: str | None) -> Strea
         # Declared so the app's gzip middleware leaves disk images alone.
         "Content-Encoding": "identity",
     }
-    if image.sha256:
-        headers["ETag"] = f'"{image.sha256}"'
+    if image.sha256 or image.digest:
+        headers["ETag"] = f'"{image.sha256 or image.digest}"'
     status = 200
     if selected is not None:
         status = 206

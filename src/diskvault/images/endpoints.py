@@ -13,8 +13,13 @@ from diskvault.api.problems import problem_response
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.errors import DiskvaultError
-from diskvault.images import download, importer, service, sparse, upload
-from diskvault.images.errors import InsufficientSpace, RangeNotSatisfiable, UploadTooLarge
+from diskvault.images import admission, download, importer, intake, service, sparse, upload
+from diskvault.images.errors import (
+    InsufficientSpace,
+    RangeNotSatisfiable,
+    UnsafeImage,
+    UploadTooLarge,
+)
 from diskvault.images.models import Image, ImageStatus, ImageType
 from diskvault.images.schemas import (
     AutoTarget,
@@ -49,6 +54,10 @@ def _new_upload(settings: Settings, name: str, owner: str, fields: dict[str, str
 
 
 def _upload_failed(settings: Settings, image_id: str, exc: BaseException) -> None:
+    if isinstance(exc, UnsafeImage):
+        service.reject(settings, image_id, exc)
+        service.partial_path(settings, image_id).unlink(missing_ok=True)
+        return
     if isinstance(exc, DiskvaultError):
         message = f"upload failed: {exc.message}"
     else:
@@ -73,10 +82,12 @@ async def upload_image(
     format: str | None = Query(None, max_length=16, description="declared format (checked)"),
     target_format: AutoTarget | None = Query(None, description="automatic conversion target"),
 ) -> Any:
-    """The body streams to TEMP_STORAGE_PATH with its SHA-256; headers are inspected at once.
+    """The body streams to TEMP_STORAGE_PATH with its checksum; headers are inspected at once.
 
-    An unsafe image is answered 422 (its bytes deleted); a safe one is 202 and
-    verified and converted by a job (see ``job_id`` and ``/conversion-status``).
+    An unsafe image, or one whose checksum differs from the client's
+    (``X-Checksum-Sha256``, or ``X-Checksum-Sha256-Extents`` for the sparse
+    stream), is answered 422 (its bytes deleted); a safe one is 202 and verified
+    and converted by a job (see ``job_id`` and ``/conversion-status``).
     """
     limit = service.max_file_bytes(settings)
     length = request.headers.get("content-length", "")
@@ -92,6 +103,8 @@ async def upload_image(
     is_sparse = content_type.split(";")[0].strip().lower() == sparse.CONTENT_TYPE
     if not is_sparse:
         upload.boundary_of(content_type)
+    expected = admission.Expected.parse(request.headers, request.query_params)
+    expected.refuse_unverifiable(sparse=is_sparse)
     defaults = {
         key: value
         for key, value in {
@@ -102,21 +115,31 @@ async def upload_image(
         }.items()
         if value
     }
-    image = await anyio.to_thread.run_sync(
-        _new_upload, settings, name or "", principal.username, defaults
-    )
-    partial = service.partial_path(settings, image.id)
-    try:
-        if is_sparse:
-            received = await upload.receive_sparse(request.stream(), partial, limit=limit)
-        else:
-            received = await upload.receive(request.stream(), content_type, partial, limit=limit)
-    except BaseException as exc:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_upload_failed, settings, image.id, exc)
-        raise
+    await anyio.to_thread.run_sync(_check_jobs, settings, principal.username)
+    with admission.upload_slot(settings, principal.username):
+        image = await anyio.to_thread.run_sync(
+            _new_upload, settings, name or "", principal.username, defaults
+        )
+        partial = service.partial_path(settings, image.id)
+        body = upload.idle_limited(request.stream(), settings.UPLOAD_IDLE_TIMEOUT_S)
+        try:
+            if is_sparse:
+                received = await upload.receive_sparse(body, partial, limit=limit)
+            else:
+                received = await upload.receive(body, content_type, partial, limit=limit)
+                expected = admission.Expected.parse(
+                    request.headers, request.query_params, received.fields
+                )
+                expected.refuse_unverifiable(sparse=False)
+            expected.verify(received.sha256, received.digest)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_upload_failed, settings, image.id, exc)
+            if isinstance(exc, UnsafeImage):
+                exc.fields["image_id"] = image.id
+            raise
     accept = functools.partial(
-        service.accept_upload,
+        intake.accept_upload,
         settings,
         image.id,
         partial,
@@ -124,8 +147,15 @@ async def upload_image(
         filename=received.filename,
         size=received.size,
         sha256=received.sha256,
+        digest=received.digest,
+        verified=expected.kind,
     )
     return await anyio.to_thread.run_sync(accept)
+
+
+def _check_jobs(settings: Settings, user: str) -> None:
+    with session_scope(settings.DATABASE_URL) as s:
+        admission.check_jobs(s, settings, user)
 
 
 @router.post(
@@ -137,6 +167,7 @@ async def upload_image(
 def import_image(
     body: ImageImport, principal: PrincipalDep, settings: SettingsDep, db: DbDep
 ) -> Any:
+    admission.check_jobs(db, settings, principal.username)
     return importer.request_import(settings, db, body, owner=principal.username)
 
 
@@ -167,6 +198,7 @@ def get_image(image_id: str, _: PrincipalDep, db: DbDep) -> Any:
 def convert_image(
     image_id: str, body: ConvertRequest, principal: PrincipalDep, settings: SettingsDep, db: DbDep
 ) -> Any:
+    admission.check_jobs(db, settings, principal.username)
     return service.request_convert(
         settings,
         db,
@@ -191,6 +223,7 @@ def conversion_status(image_id: str, _: PrincipalDep, db: DbDep) -> Any:
 def resize_image(
     image_id: str, body: ResizeRequest, principal: PrincipalDep, settings: SettingsDep, db: DbDep
 ) -> Any:
+    admission.check_jobs(db, settings, principal.username)
     return service.request_resize(
         settings, db, image_id, body.size, force=body.force, owner=principal.username
     )

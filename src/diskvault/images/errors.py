@@ -12,6 +12,7 @@ from diskvault.errors import (
     InsufficientStorage,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unprocessable,
 )
 
@@ -34,6 +35,8 @@ class Reason(StrEnum):
     VMDK_EXTENT = "vmdk-external-extent"
     TOO_LARGE = "virtual-size-too-large"
     QEMU_DISAGREES = "qemu-img-disagrees"
+    CHECK_FAILED = "qemu-img-check-failed"
+    CHECKSUM_MISMATCH = "checksum-mismatch"
 
 
 _SELF_CONTAINED = "convert it to a self-contained image (qemu-img convert -O qcow2) and import that"
@@ -50,6 +53,8 @@ ADVICE: dict[Reason, str] = {
     Reason.FORMAT_MISMATCH: "import it again with the format it really has",
     Reason.POLYGLOT: "convert it on a trusted machine to a plain image and import that",
     Reason.TOO_LARGE: "shrink the image or raise the virtual size limit",
+    Reason.CHECK_FAILED: "the file is damaged or was cut short; upload a complete copy again",
+    Reason.CHECKSUM_MISMATCH: "the file changed or was damaged on the way; upload it again",
 }
 
 
@@ -131,3 +136,29 @@ class RangeNotSatisfiable(DiskvaultError):
     status = 416
     exit_code = 2
     title = "Range not satisfiable"
+
+
+class UploadStalled(DiskvaultError):
+    template = (
+        "no bytes of the upload arrived for {timeout} s, so it was dropped; upload again "
+        "(a slow link may raise DISKVAULT_UPLOAD_IDLE_TIMEOUT_S)"
+    )
+    status = 408
+    exit_code = 2
+    title = "Upload stalled"
+
+
+class TooManyUploads(TooManyRequests):
+    template = (
+        "{user} already has {count} uploads in progress, the limit of "
+        "DISKVAULT_UPLOADS_PER_USER; retry in {retry_after} s when one has finished"
+    )
+    title = "Too many uploads"
+
+
+class TooManyJobs(TooManyRequests):
+    template = (
+        "{user} already has {count} queued or running jobs, the limit of "
+        "DISKVAULT_JOBS_PER_USER; retry in {retry_after} s when some have finished"
+    )
+    title = "Too many jobs"

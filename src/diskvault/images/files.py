@@ -16,6 +16,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from diskvault.images import allocation
+from diskvault.images.digest import ExtentHasher, data_extents, file_digest, hash_blocks
 from diskvault.images.errors import InsufficientSpace
 from diskvault.storage.base import fsync_dir
 from diskvault.tools import qemu_img
@@ -35,25 +37,6 @@ RESIZABLE = ("raw", "qcow2")
 Progress = Callable[[int], None]
 Cancel = Callable[[], bool]
 _ZEROS = memoryview(bytes(HASH_BUFFER))
-
-
-def data_extents(fd: int, end: int, start: int = 0) -> list[tuple[int, int]]:
-    """(start, end) of the data regions in ``[start, end)``; holes between them read as zeros."""
-    extents = []
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole remains
-                break
-            raise
-        if data >= end:
-            break
-        stop = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        extents.append((data, stop))
-        pos = stop
-    return extents
 
 
 def sha256_file(
@@ -157,8 +140,8 @@ def convert_file(
     compress: bool = False,
     rate_limit: int | None = None,
     options: Mapping[str, qemu_img.OptionValue] | None = None,
-    sha256: bool = False,
-    sha256_progress: Progress | None = None,
+    digest: bool = False,
+    digest_progress: Progress | None = None,
     sync: bool = True,
 ) -> str | None:
     """Convert ``src`` into ``dst`` via ``dst.partial``, fsync, rename; nothing left on failure.
@@ -175,17 +158,17 @@ def convert_file(
     partial = dst.with_name(dst.name + ".partial")
     partial.unlink(missing_ok=True)
     try:
-        digest = None
-        if sha256 and dst_fmt == "raw" and not compress and not options:
+        result = None
+        if digest and dst_fmt == "raw" and not compress and not options:
             size = int(qemu_img.info(src, src_fmt, binary=binary)["virtual-size"])
-            digest = _convert_raw_hashing(
+            result = _convert_raw_hashing(
                 src,
                 src_fmt,
                 partial,
                 size,
                 binary=binary,
                 progress=progress,
-                sha256_progress=sha256_progress,
+                digest_progress=digest_progress,
                 should_cancel=should_cancel,
                 rate_limit=rate_limit,
             )
@@ -205,11 +188,11 @@ def convert_file(
                 options=options,
                 binary=binary,
             )
-            if sha256:
+            if digest:
                 with ThreadPoolExecutor(1, thread_name_prefix="fsync") as pool:
                     flushed = pool.submit(fsync_file, partial)
-                    digest = sha256_file(
-                        partial, progress=sha256_progress, should_cancel=should_cancel
+                    result, _ = file_digest(
+                        partial, progress=digest_progress, should_cancel=should_cancel
                     )
                     flushed.result()
             elif sync:
@@ -217,7 +200,7 @@ def convert_file(
         os.replace(partial, dst)
         if sync:
             fsync_dir(dst.parent)
-        return digest
+        return result
     except QemuImgError as exc:
         partial.unlink(missing_ok=True)
         if "No space left" in exc.stderr:
@@ -239,23 +222,25 @@ def _convert_raw_hashing(
     *,
     binary: str,
     progress: Callable[[float], None] | None,
-    sha256_progress: Progress | None,
+    digest_progress: Progress | None,
     should_cancel: Cancel | None,
     rate_limit: int | None,
 ) -> str:
     """Convert to raw a segment at a time, hashing each one while qemu-img writes the next.
 
-    SHA-256 is sequential and about as slow as the conversion itself; run one
+    The hash is sequential and about as slow as the conversion itself; run one
     after the other they double the time, overlapped the hash all but vanishes.
+    Segments where the source holds no data are neither converted nor read: the
+    output starts as one hole, so a 4 TiB image with 1 MiB of data costs its MiB.
     """
     with open(partial, "xb") as fh:
         fh.truncate(size)  # all zeros: qemu-img writes only data (--target-is-zero)
-    hasher = hashlib.sha256()
+    hasher = ExtentHasher()
     fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
+        with ThreadPoolExecutor(1, thread_name_prefix="digest") as pool:
             hashed: Future[None] | None = None
-            for offset in range(0, size, SEGMENT):
+            for offset in data_segments(src, src_fmt, size, binary=binary):
                 length = min(SEGMENT, size - offset)
 
                 def converted(pct: float, offset: int = offset, length: int = length) -> None:
@@ -276,14 +261,24 @@ def _convert_raw_hashing(
                 if hashed is not None:
                     hashed.result()
                 hashed = pool.submit(
-                    hash_range, fd, hasher, offset, offset + length, sha256_progress, should_cancel
+                    hash_blocks, fd, hasher, offset, offset + length, digest_progress, should_cancel
                 )
             os.fsync(fd)  # while the last segment is hashed
             if hashed is not None:
                 hashed.result()
     finally:
         os.close(fd)
-    return hasher.hexdigest()
+    if progress is not None:
+        progress(100.0)
+    return hasher.hexdigest(size)
+
+
+def data_segments(src: Path, fmt: str, size: int, *, binary: str) -> list[int]:
+    """Offsets of the ``SEGMENT``s of the guest disk in which ``qemu-img map`` shows data."""
+    starts: set[int] = set()
+    for start, end in allocation.data_ranges(src, fmt, binary=binary):
+        starts.update(range(start - start % SEGMENT, min(size, end), SEGMENT))
+    return sorted(starts)
 
 
 def data_beyond(path: Path, fmt: str, size: int, *, binary: str) -> int:

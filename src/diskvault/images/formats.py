@@ -317,7 +317,7 @@ def _parse_vdi(r: Reader) -> Detection:
     version, _hsize, image_type = struct.unpack_from("<III", h, 0x44)
     offset_bmap, offset_data = struct.unpack_from("<II", h, 0x154)
     (sector_size,) = struct.unpack_from("<I", h, 0x168)
-    size, block_size, _extra, blocks = struct.unpack_from("<QIII", h, 0x170)
+    size, block_size, _extra, blocks, allocated = struct.unpack_from("<QIIII", h, 0x170)
     if version >> 16 != 1:
         raise _bad(f"VDI version {version:#x} is not 1.x")
     if image_type == VDI_TYPE_DIFF:
@@ -330,6 +330,9 @@ def _parse_vdi(r: Reader) -> Detection:
         raise _bad("VDI block map or data offset is unaligned or past the end of the file")
     if size > blocks * block_size:
         raise _bad(f"VDI disk size {size} exceeds its {blocks} blocks")
+    # qemu-img check does not notice blocks past the end: a file cut short is caught here.
+    if offset_data + allocated * block_size > r.size:
+        raise UnsafeImage(Reason.CORRUPT, f"the VDI file ends before its {allocated} data blocks")
     return Detection("vdi", size, {"subformat": VDI_TYPES[image_type]})
 
 

@@ -50,10 +50,25 @@ class Image(IdMixin, TimestampMixin, Base):
     file_size: Mapped[int | None] = mapped_column(
         BigInteger, default=None
     )  # bytes a download gives
-    sha256: Mapped[str | None] = mapped_column(String(64), default=None)  # of the stored file
-    source_sha256: Mapped[str | None] = mapped_column(String(64), default=None)  # as received
+    # Plain SHA-256s: of the stored file when it is the file received (none after a
+    # conversion or resize: that would hash every hole), and of the file as received
+    # (none for the sparse stream, whose gaps are not hashed).
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    source_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     source: Mapped[str | None] = mapped_column(String(1000), default=None)  # upload, path or URL
     storage_key: Mapped[str | None] = mapped_column(String(500), default=None)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     owner: Mapped[str | None] = mapped_column(String(64), default=None)
     job_id: Mapped[str | None] = mapped_column(String(32), default=None)
+
+    @property
+    def digest(self) -> str | None:
+        """The stored file's extents digest (:mod:`diskvault.images.digest`)."""
+        value = (self.details or {}).get("digest")
+        return str(value) if value else None
+
+    @property
+    def source_digest(self) -> str | None:
+        """The extents digest of a sparse stream as received."""
+        value = (self.details or {}).get("source_digest")
+        return str(value) if value else None

@@ -23,8 +23,9 @@ import structlog
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.images import files
+from diskvault.images.digest import file_digest
 from diskvault.images.errors import ShrinkRefused, UnsafeImage
-from diskvault.images.inspect import verify_with_qemu_img
+from diskvault.images.inspect import check_with_qemu_img, verify_with_qemu_img
 from diskvault.images.models import Image, ImageStatus
 from diskvault.images.service import (
     inspect_staged,
@@ -69,26 +70,28 @@ def ingest(ctx: JobContext, image_id: str) -> dict[str, Any]:
     try:
         inspection = inspect_staged(settings, staged, image.details.get("claimed_format"))
         verify_with_qemu_img(staged, inspection, binary=settings.QEMU_IMG_PATH)
+        check_with_qemu_img(staged, inspection, binary=settings.QEMU_IMG_PATH)
     except UnsafeImage as exc:
         reject(settings, image_id, exc)
         raise
-    sha = image.source_sha256 or files.sha256_file(staged, should_cancel=ctx.should_cancel)
+    details = {**image.details, "inspection": inspection.details}
     common = {
         "format": inspection.format,
         "virtual_size": inspection.virtual_size,
-        "sha256": sha,
-        "source_sha256": sha,
+        "sha256": image.source_sha256,  # the stored file is still the one received
         "file_size": staged.stat().st_size,
         "actual_size": files.allocated_bytes(staged),
-        "details": {**image.details, "inspection": inspection.details},
+        "details": details,
     }
     target = target_for(settings, image)
     # A raw file cut short of a sector is converted, which pads it as qemu reads it.
     padded = inspection.format == "raw" and common["file_size"] != inspection.virtual_size
     if inspection.format in (target, "iso") and not padded:
+        digest = image.source_digest or _digest(ctx, staged)
         files.fsync_file(staged)
         key = store.new_key(image_id, inspection.format)
         store.publish(staged, key)
+        common["details"] = {**details, "digest": digest}
         update_image(
             settings, image_id, status=ImageStatus.READY, storage_key=key, error=None, **common
         )
@@ -146,7 +149,7 @@ def _convert(
 
     ctx.progress(0, virtual_size, percent=0, message=label, force=True)
     started = time.monotonic()
-    sha = files.convert_file(
+    digest = files.convert_file(
         src,
         src_fmt,
         out,
@@ -156,10 +159,10 @@ def _convert(
         should_cancel=ctx.should_cancel,
         compress=compress,
         rate_limit=settings.IMAGE_CONVERT_RATE_LIMIT,
-        sha256=True,
-        sha256_progress=_hash_progress(ctx, virtual_size),
+        digest=True,
+        digest_progress=_hash_progress(ctx, virtual_size),
     )
-    assert sha is not None
+    assert digest is not None
     timings = {"convert_s": round(time.monotonic() - started, 3)}
     info = qemu_img.info(out, target, binary=settings.QEMU_IMG_PATH)
     values = {
@@ -167,12 +170,13 @@ def _convert(
         "virtual_size": int(info["virtual-size"]),
         "file_size": out.stat().st_size,
         "actual_size": files.allocated_bytes(out),
-        "sha256": sha,
+        "sha256": None,  # a plain SHA-256 would hash every hole: see ``digest``
+        "digest": digest,
     }
     key = store.new_key(image_id, target)
     store.publish(out, key)
     _replace_file(settings, store, image_id, key, values)
-    return {"image_id": image_id, "format": target, "converted": True, "sha256": sha, **timings}
+    return {"image_id": image_id, "format": target, "converted": True, "digest": digest, **timings}
 
 
 def _hash_progress(ctx: JobContext, size: int) -> files.Progress:
@@ -182,17 +186,19 @@ def _hash_progress(ctx: JobContext, size: int) -> files.Progress:
 
     def hashed(done: int) -> None:
         pct = start + (100 - start) * done / size
-        ctx.progress(done, size, percent=pct, message="computing SHA-256")
+        ctx.progress(done, size, percent=pct, message="computing the digest")
 
     return hashed
 
 
-def _checksum(ctx: JobContext, path: Path) -> str:
+def _digest(ctx: JobContext, path: Path) -> str:
+    """The extents digest of ``path``: reads its data only, however large it is."""
     size = path.stat().st_size
-    ctx.progress(0, size, percent=100 * CONVERT_SHARE, message="computing SHA-256", force=True)
-    return files.sha256_file(
+    ctx.progress(0, size, percent=100 * CONVERT_SHARE, message="computing the digest", force=True)
+    value, _ = file_digest(
         path, progress=_hash_progress(ctx, size), should_cancel=ctx.should_cancel
     )
+    return value
 
 
 def _replace_file(
@@ -206,7 +212,10 @@ def _replace_file(
             return
         old = image.storage_key
         for name, value in values.items():
-            setattr(image, name, value)
+            if name == "digest":
+                image.details = {**image.details, "digest": value}
+            else:
+                setattr(image, name, value)
         image.storage_key = key
         image.status = ImageStatus.READY
         image.error = None
@@ -241,7 +250,8 @@ def resize(ctx: JobContext, image_id: str, size: int, *, force: bool) -> dict[st
         "virtual_size": size,
         "file_size": path.stat().st_size,
         "actual_size": files.allocated_bytes(path),
-        "sha256": _checksum(ctx, path),
+        "sha256": None,
+        "digest": _digest(ctx, path),
     }
     key = store.new_key(image_id, fmt)
     store.publish(path, key)

@@ -23,8 +23,14 @@ class ImageOut(BaseModel):
     virtual_size: int | None
     actual_size: int | None
     file_size: int | None
-    sha256: str | None
-    source_sha256: str | None
+    sha256: str | None = Field(description="plain SHA-256 of the stored file, when known")
+    source_sha256: str | None = Field(description="plain SHA-256 of the file as uploaded")
+    digest: str | None = Field(
+        default=None, description="sha256-extents-v1 of the stored file (docs/images.md)"
+    )
+    source_digest: str | None = Field(
+        default=None, description="sha256-extents-v1 of a sparse stream as uploaded"
+    )
     source: str | None
     details: dict[str, Any]
     owner: str | None

@@ -9,6 +9,13 @@ second copy). Here ``python_multipart``'s streaming parser runs on
 ``request.stream()`` and file bytes are copied into one of a few large
 buffers; full buffers are hashed in one thread and written in another while the
 event loop fills the next, so the network, the hash and the disk overlap.
+
+A multipart body is hashed with plain SHA-256 (every byte travelled anyway). A
+sparse stream is hashed with the extents digest (:mod:`diskvault.images.digest`)
+from its records, so its gaps cost nothing: hashing them as zeros would let a
+few bytes of stream buy an hour of CPU. An upload is complete only when its
+closing boundary (or end record) arrived and the file part's declared
+Content-Length, if any, matches.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,20 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from diskvault.images import sparse
-from diskvault.images.errors import InvalidUpload, UploadTooLarge
+from diskvault.images.digest import ExtentHasher
+from diskvault.images.errors import InvalidUpload, UploadStalled, UploadTooLarge
 from diskvault.storage.base import os_errors
 
 MiB = 1024 * 1024
-BATCH = 4 * MiB
+# Buffers are made only as the upload needs them: a slow upload holds one (1 MiB),
+# a fast one at most BUFFERS, so 40 stalled clients cost 40 MiB, not 640.
+BATCH = MiB
 BUFFERS = 4
 MAX_FIELDS_BYTES = 64 * 1024
 FILE_FIELD = "file"
 # Zero blocks of this size are not written: a sparse source stays sparse in TEMP_STORAGE_PATH.
 SPARSE_BLOCK = 64 * 1024
-_ZERO_BATCH = memoryview(bytes(BATCH))
 
 
 @dataclass
@@ -45,7 +53,8 @@ class Received:
     fields: dict[str, str]
     filename: str | None
     size: int
-    sha256: str
+    sha256: str | None  # plain SHA-256 (multipart)
+    digest: str | None  # extents digest (sparse stream)
 
 
 @dataclass
@@ -53,6 +62,7 @@ class _Part:
     headers: dict[str, str] = field(default_factory=dict)
     name: str = ""
     filename: str | None = None
+    disposition: bytes = b""  # raw: parse_options_header would encode a str as latin-1
     value: bytearray = field(default_factory=bytearray)
 
 
@@ -61,15 +71,6 @@ def _write_sparse(fd: int, buf: bytearray, n: int, offset: int) -> None:
     view = memoryview(buf)
     for start, end in sparse.nonzero_runs(buf, n, SPARSE_BLOCK):
         _pwrite_all(fd, view[start:end], offset + start)
-
-
-def _hash_zeros(hasher: Any, n: int, stop: threading.Event) -> None:
-    # A stream may declare a gap of up to the size limit (a TiB takes ten minutes to
-    # hash): stop as soon as the upload is abandoned.
-    while n and not stop.is_set():
-        k = min(n, BATCH)
-        hasher.update(_ZERO_BATCH[:k])
-        n -= k
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
@@ -83,23 +84,24 @@ class _Sink:
 
     Hashing runs in one thread and writing in another, each in file order (both
     release the GIL). The loop waits only when every buffer is still in use, so a
-    burst from the network or a long run of zeros to hash does not stall the others.
+    burst from the network does not stall the others.
     """
 
-    def __init__(self, fd: int, limit: int) -> None:
+    def __init__(self, fd: int, limit: int, *, plain: bool) -> None:
         self.fd = fd
         self.limit = limit
-        self.hasher = hashlib.sha256()
+        self.sha256 = hashlib.sha256() if plain else None
+        self.digest = None if plain else ExtentHasher()
         self.size = 0
-        self._free = [bytearray(BATCH) for _ in range(BUFFERS)]
+        self.buffers = 0  # made so far, at most BUFFERS
+        self._free: list[bytearray] = []
         self._buf: bytearray | None = None
         self._n = 0
         self._written = 0
-        self._abandoned = threading.Event()
-        self._hash_lane = ThreadPoolExecutor(1, thread_name_prefix="upload-sha256")
+        self._hash_lane = ThreadPoolExecutor(1, thread_name_prefix="upload-hash")
         self._write_lane = ThreadPoolExecutor(1, thread_name_prefix="upload-write")
-        # Work handed to the lanes, oldest first, with the buffer it holds (None for zeros).
-        self._pending: deque[tuple[bytearray | None, list[asyncio.Future[None]]]] = deque()
+        # Work handed to the lanes, oldest first, with the buffer it holds.
+        self._pending: deque[tuple[bytearray, list[asyncio.Future[None]]]] = deque()
 
     def _count(self, n: int) -> None:
         self.size += n
@@ -110,6 +112,11 @@ class _Sink:
         self._count(len(data))
         while data:
             if self._buf is None:
+                while self._pending and all(f.done() for f in self._pending[0][1]):
+                    await self._retire_oldest()
+                if not self._free and self.buffers < BUFFERS:
+                    self._free.append(bytearray(BATCH))
+                    self.buffers += 1
                 while not self._free:
                     await self._retire_oldest()
                 self._buf, self._n = self._free.pop(), 0
@@ -129,8 +136,14 @@ class _Sink:
         if not n:
             self._free.append(buf)
             return
+        data = memoryview(buf)[:n]
+        hashed = (
+            self._hash_lane.submit(self.sha256.update, data)
+            if self.sha256 is not None
+            else self._hash_lane.submit(self._digest().update, self._written, data)
+        )
         work = [
-            asyncio.wrap_future(self._hash_lane.submit(self.hasher.update, memoryview(buf)[:n])),
+            asyncio.wrap_future(hashed),
             asyncio.wrap_future(
                 self._write_lane.submit(_write_sparse, self.fd, buf, n, self._written)
             ),
@@ -138,23 +151,28 @@ class _Sink:
         self._written += n
         self._pending.append((buf, work))
 
+    def _digest(self) -> ExtentHasher:
+        assert self.digest is not None
+        return self.digest
+
     def zeros(self, n: int) -> None:
-        """``n`` zero bytes at the current position: hashed in order, left as a hole."""
+        """``n`` zero bytes at the current position: left as a hole, and not hashed."""
         self._count(n)
         self.flush()
-        work = asyncio.wrap_future(
-            self._hash_lane.submit(_hash_zeros, self.hasher, n, self._abandoned)
-        )
-        self._pending.append((None, [work]))
         self._written += n
+
+    def hexdigests(self) -> tuple[str | None, str | None]:
+        """(plain SHA-256, extents digest): one of them, as the body kind allows."""
+        if self.sha256 is not None:
+            return self.sha256.hexdigest(), None
+        return None, self._digest().hexdigest(self.size)
 
     async def _retire_oldest(self) -> None:
         buf, work = self._pending.popleft()
         await asyncio.wait(work)
         for future in work:
             future.result()
-        if buf is not None:
-            self._free.append(buf)
+        self._free.append(buf)
 
     async def settle(self) -> None:
         """Wait for all handed-out work, raising the first error."""
@@ -163,7 +181,6 @@ class _Sink:
 
     async def abandon(self) -> None:
         """Wait for the work in flight and drop its outcome: the upload failed already."""
-        self._abandoned.set()
         work = [future for _, futures in self._pending for future in futures]
         self._pending.clear()
         if work:
@@ -184,6 +201,7 @@ class _Form:
         self.parts: list[_Part] = []
         self.pending: list[memoryview] = []
         self.file_part: _Part | None = None
+        self.file_bytes = 0
         self.field_bytes = 0
         self._header_name = bytearray()
         self._header_value = bytearray()
@@ -207,11 +225,13 @@ class _Form:
     def _header_end(self) -> None:
         name = self._header_name.decode("latin-1").strip().lower()
         self.part.headers[name] = self._header_value.decode("utf-8", "replace").strip()
+        if name == "content-disposition":
+            self.part.disposition = bytes(self._header_value).strip()
         self._header_name.clear()
         self._header_value.clear()
 
     def _headers_finished(self) -> None:
-        _, params = parse_options_header(self.part.headers.get("content-disposition", ""))
+        _, params = parse_options_header(self.part.disposition)
         self.part.name = params.get(b"name", b"").decode("utf-8", "replace")
         filename = params.get(b"filename")
         self.part.filename = filename.decode("utf-8", "replace") if filename is not None else None
@@ -223,11 +243,28 @@ class _Form:
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.part is self.file_part:
             self.pending.append(memoryview(data)[start:end])
+            self.file_bytes += end - start
             return
         self.field_bytes += end - start
         if self.field_bytes > MAX_FIELDS_BYTES:
             raise InvalidUpload(f"form fields exceed {MAX_FIELDS_BYTES} bytes")
         self.part.value.extend(data[start:end])
+
+    def check_complete(self) -> None:
+        """Refuse a body that stopped early: no closing boundary, or a short file part."""
+        if self.parser.state != MultipartState.END:
+            raise InvalidUpload(
+                "the multipart body ended before its closing boundary; the upload was cut "
+                "short, upload again"
+            )
+        if self.file_part is None:
+            raise InvalidUpload("the form has no 'file' part")
+        declared = self.file_part.headers.get("content-length", "")
+        if declared and (not declared.isdigit() or int(declared) != self.file_bytes):
+            raise InvalidUpload(
+                f"the file part declares Content-Length {declared} but {self.file_bytes} "
+                "bytes arrived; upload again"
+            )
 
 
 def boundary_of(content_type: str) -> bytes:
@@ -238,14 +275,16 @@ def boundary_of(content_type: str) -> bytes:
     return boundary
 
 
-async def _land(dest: Path, limit: int, body: Callable[[_Sink], Awaitable[None]]) -> _Sink:
+async def _land(
+    dest: Path, limit: int, body: Callable[[_Sink], Awaitable[None]], *, plain: bool
+) -> _Sink:
     """Create ``dest`` (never overwriting), let ``body`` fill the sink, then flush it.
 
     ``dest`` is removed again on any error.
     """
     with os_errors(dest.name, "TEMP_STORAGE_PATH"):
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    sink = _Sink(fd, limit)
+    sink = _Sink(fd, limit, plain=plain)
     try:
         with os_errors(dest.name, "TEMP_STORAGE_PATH"):
             await body(sink)
@@ -281,15 +320,33 @@ async def receive(
                 await sink.feed(view)
             form.pending.clear()
         form.parser.finalize()
+        form.check_complete()
 
-    sink = await _land(dest, limit, body)
-    if form.file_part is None:
-        dest.unlink(missing_ok=True)
-        raise InvalidUpload("the form has no 'file' part")
+    sink = await _land(dest, limit, body, plain=True)
+    assert form.file_part is not None
     fields = {
         p.name: p.value.decode("utf-8", "replace") for p in form.parts if p is not form.file_part
     }
-    return Received(fields, form.file_part.filename, sink.size, sink.hasher.hexdigest())
+    return Received(fields, form.file_part.filename, sink.size, *sink.hexdigests())
+
+
+async def idle_limited(chunks: AsyncIterator[bytes], timeout: float) -> AsyncIterator[bytes]:
+    """``chunks``, failing with :class:`UploadStalled` when none arrives for ``timeout`` s.
+
+    A client that stops sending holds a connection, a file and a buffer; this ends it.
+    """
+    iterator = aiter(chunks)
+    while True:
+        try:
+            async with asyncio.timeout(timeout):  # a timer per chunk, no task
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadStalled(
+                timeout=f"{timeout:g}", setting="DISKVAULT_UPLOAD_IDLE_TIMEOUT_S"
+            ) from None
+        yield chunk
 
 
 async def receive_sparse(chunks: AsyncIterator[bytes], dest: Path, *, limit: int) -> Received:
@@ -305,5 +362,5 @@ async def receive_sparse(chunks: AsyncIterator[bytes], dest: Path, *, limit: int
                     await sink.feed(item)
         decoder.finish()
 
-    sink = await _land(dest, limit, body)
-    return Received({}, None, sink.size, sink.hasher.hexdigest())
+    sink = await _land(dest, limit, body, plain=False)
+    return Received({}, None, sink.size, *sink.hexdigests())

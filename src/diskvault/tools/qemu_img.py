@@ -180,14 +180,16 @@ def check(
     repair: Literal["leaks", "all"] | None = None,
     binary: str = DEFAULT_BINARY,
     timeout: float = CHECK_TIMEOUT,
+    prlimit: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """``qemu-img check --output=json`` plus ``"result"``: clean, corrupt, leaked or unsupported.
 
     qemu-img exits 2 for corruptions and 3 for leaked clusters only; those
     return normally so callers can decide. Exit 1 (check failed) raises.
+    ``prlimit`` (e.g. :data:`INFO_PRLIMIT`) bounds it on untrusted images.
     """
     cmd = [binary, "check", "-f", fmt, "--output=json", *_fmt("-r", repair), os.fspath(path)]
-    result = run(cmd, timeout=timeout, error=QemuImgError, check=False)
+    result = run(cmd, timeout=timeout, error=QemuImgError, check=False, prlimit=prlimit)
     if result.returncode == CHECK_UNSUPPORTED:
         return {"result": "unsupported"}
     if result.returncode not in CHECK_RESULTS:
