@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from types import FrameType
+
 import typer
 
 
@@ -30,7 +33,16 @@ def serve(
     from diskvault.api.app import create_app
 
     app = create_app(settings)
-    uvicorn.run(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Jobs stop at the signal, not after uvicorn has drained open requests.
+            worker = app.state.worker
+            if worker is not None:
+                threading.Thread(target=worker.begin_stop, daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         app,
         host=settings.BIND_HOST,
         port=settings.PORT,
@@ -38,3 +50,4 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    Server(config).run()

@@ -41,6 +41,7 @@ log = structlog.get_logger("diskvault.images")
 
 # Share of a conversion job's progress bar given to qemu-img; the rest is the checksum.
 CONVERT_SHARE = 0.8
+HASHING = "computing SHA-256"
 
 
 def _load(settings: Settings, image_id: str) -> Image:
@@ -136,13 +137,11 @@ def _convert(
     label = f"converting {src_fmt} to {target}"
 
     def converted(pct: float) -> None:
-        done = int(virtual_size * pct / 100)
-        # The context drops updates closer than its interval; the last one must land.
-        ctx.progress(
-            done, virtual_size, percent=pct * CONVERT_SHARE, message=label, force=pct >= 100
-        )
+        ctx.advance(label, int(virtual_size * pct / 100))
 
-    ctx.progress(0, virtual_size, percent=0, message=label, force=True)
+    # Converting and hashing overlap: one bar, bytes counted over both.
+    ctx.plan((label, CONVERT_SHARE, virtual_size), (HASHING, 1 - CONVERT_SHARE, virtual_size))
+    ctx.progress(percent=0, message=label, force=True)
     started = time.monotonic()
     sha = files.convert_file(
         src,
@@ -174,20 +173,18 @@ def _convert(
 
 
 def _hash_progress(ctx: JobContext, size: int) -> files.Progress:
-    """Progress for hashing ``size`` bytes: the last part of the job's bar."""
-    start = 100 * CONVERT_SHARE
-    size = max(size, 1)
+    """Progress for hashing: the :data:`HASHING` part of the job's plan."""
 
     def hashed(done: int) -> None:
-        pct = start + (100 - start) * done / size
-        ctx.progress(done, size, percent=pct, message="computing SHA-256")
+        ctx.advance(HASHING, done)
 
     return hashed
 
 
 def _checksum(ctx: JobContext, path: Path) -> str:
     size = path.stat().st_size
-    ctx.progress(0, size, percent=100 * CONVERT_SHARE, message="computing SHA-256", force=True)
+    ctx.plan((HASHING, 1.0, size))
+    ctx.progress(message=HASHING, force=True)
     return files.sha256_file(
         path, progress=_hash_progress(ctx, size), should_cancel=ctx.should_cancel
     )
