@@ -5,7 +5,9 @@ Real ``diskvault serve`` processes, real qemu-img (slowed with its own ``-r``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -16,6 +18,7 @@ import pytest
 from websockets.sync.client import connect
 
 from diskvault.tools import children, qemu_img, qemu_io
+from support.backups_env import create_disk
 from support.images_util import MiB, upload, wait_image, wait_job_progress
 from support.jobs import submit, wait_for
 from support.server import ServerProcess
@@ -243,3 +246,51 @@ def test_many_watchers_each_get_a_message_every_500ms(server: ServerProcess) -> 
         assert messages[-1][1]["type"] == "completed"
         span = messages[-1][0] - messages[0][0]
         assert len(messages) >= int(span / 0.5), (len(messages), span)
+
+
+def test_sigkill_mid_full_backup_leaves_no_daemon_and_a_writable_source(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    disk = create_disk(tmp_path / "vm.qcow2", size=32 * MiB)
+    with server.client(server.login()) as api:
+        resp = api.post("/api/v1/sources", json={"name": "vm", "kind": "qcow2", "path": str(disk)})
+        assert resp.status_code == 201, resp.text
+        body = {"vm_name": "vm", "backup_type": "full", "speed": 2 * MiB}
+        job = api.post("/api/v1/backup/start", json=body).json()
+        deadline = time.monotonic() + 60
+        while api.get(f"/api/v1/jobs/{job['id']}").json()["bytes_done"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    kids = _kill(server)
+    assert any("qemu-storage-daemon" in " ".join(argv) for argv in kids.values()), kids
+    assert wait_gone(kids, GONE_WITHIN_S) == {}
+    before = partial_sizes(server.data_dir)
+    time.sleep(0.5)
+    assert partial_sizes(server.data_dir) == before
+    qemu_io.write_pattern(disk, "qcow2", 0, 512, 0x22)  # the write lock is free
+    # Nothing is left locked or half-registered: the next run of that disk succeeds.
+    server.start()
+    with server.client(server.login()) as api:
+        first = api.post("/api/v1/backup/start", json={"vm_name": "vm"}).json()
+        assert wait_for(api, first["id"], {"succeeded", "failed"}, 60)["status"] == "succeeded"
+
+
+def test_sigterm_of_the_whole_group_requeues_too(server: ServerProcess, tmp_path: Path) -> None:
+    """systemctl stop with KillMode=control-group signals our tools with us."""
+    src = data_image(tmp_path / "group.qcow2")
+    with server.client(server.login()) as client:
+        resp = upload(client, src)
+        assert resp.status_code == 202, resp.text
+        image = resp.json()
+        wait_job_progress(client, image["job_id"])
+    assert server.proc is not None
+    kids = descendants(server.proc.pid)
+    for pid in [server.proc.pid, *kids]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    server.proc.wait(40)
+    server.start()
+    with server.client(server.login()) as client:
+        job = wait_for(client, image["job_id"], {"succeeded", "failed", "cancelled"}, 90)
+        assert job["status"] == "succeeded", job
+        assert wait_image(client, image["id"], {"READY", "ERROR"})["status"] == "READY"

@@ -22,13 +22,14 @@ from diskvault.jobs import queue, registry
 from diskvault.jobs.context import JobContext
 from diskvault.jobs.errors import RetriableError
 from diskvault.jobs.models import Job, JobStatus
-from diskvault.tools.process import Cancelled, ToolError
+from diskvault.tools.process import Cancelled, ToolError, ToolMissing, ToolTimeout
 
 log = structlog.get_logger("diskvault.jobs")
 
 _running: dict[str, JobContext] = {}
 _running_changed = threading.Condition()
 _stopping = threading.Event()
+KILLED_TOOL_WAIT_S = 2.0
 
 
 def begin_shutdown() -> None:
@@ -83,6 +84,13 @@ def _put_back(settings: Settings, job_id: str) -> None:
         job = s.get(Job, job_id)
         node = job.node if job is not None else None
     queue.dispatch(settings, job_id, node)
+
+
+def _killed_tool(exc: Exception) -> bool:
+    """A tool killed by a signal, or a daemon that went away under us."""
+    if not isinstance(exc, ToolError) or isinstance(exc, ToolTimeout | ToolMissing):
+        return False
+    return exc.returncode is None or exc.returncode < 0
 
 
 def _user_cancelled(settings: Settings, job_id: str) -> bool:
@@ -184,6 +192,10 @@ def _ended_early(
 ) -> None:
     """Record a job that raised: requeued (a clean stop), cancelled, retried or failed."""
     job_id = job.id
+    if not ctx.interrupted and _killed_tool(exc) and _stopping.wait(KILLED_TOOL_WAIT_S):
+        # systemd (KillMode=control-group) signals our tools with us: a tool may die
+        # before our own handler has marked the job interrupted.
+        ctx.interrupt()
     # Anything a stop interrupted is requeued, also when it surfaced as another error
     # (a block job cancelled under QSD, say): the rerun tells a real failure apart.
     if ctx.interrupted and not _user_cancelled(settings, job_id):
