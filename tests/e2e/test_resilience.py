@@ -18,7 +18,7 @@ import pytest
 from websockets.sync.client import connect
 
 from diskvault.tools import children, qemu_img, qemu_io
-from support.backups_env import create_disk
+from support.backups_env import create_disk, same, write_random
 from support.images_util import MiB, upload, wait_image, wait_job_progress
 from support.jobs import submit, wait_for
 from support.server import ServerProcess
@@ -294,3 +294,35 @@ def test_sigterm_of_the_whole_group_requeues_too(server: ServerProcess, tmp_path
         job = wait_for(client, image["job_id"], {"succeeded", "failed", "cancelled"}, 90)
         assert job["status"] == "succeeded", job
         assert wait_image(client, image["id"], {"READY", "ERROR"})["status"] == "READY"
+
+
+def test_sigterm_mid_incremental_backup_requeues_it_with_change_tracking_intact(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    disk = create_disk(tmp_path / "inc.qcow2", size=32 * MiB)
+    with server.client(server.login()) as api:
+        body = {"name": "inc", "kind": "qcow2", "path": str(disk)}
+        assert api.post("/api/v1/sources", json=body).status_code == 201
+        full = api.post("/api/v1/backup/start", json={"vm_name": "inc"}).json()
+        assert wait_for(api, full["id"], {"succeeded", "failed"}, 60)["status"] == "succeeded"
+        write_random(disk, "qcow2", 0.3, seed=7, size=32 * MiB)
+        slow = api.post("/api/v1/backup/start", json={"vm_name": "inc", "speed": MiB}).json()
+        deadline = time.monotonic() + 60
+        while api.get(f"/api/v1/jobs/{slow['id']}").json()["bytes_done"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    server.stop(signal.SIGTERM, timeout=40)
+    directory = server.data_dir / "backups" / "inc" / "disk-0"
+    assert not [p.name for p in directory.iterdir() if p.name.endswith(".partial")]
+    server.start()
+    with server.client(server.login()) as api:
+        job = wait_for(api, slow["id"], {"succeeded", "failed", "cancelled"}, 120)
+        assert job["status"] == "succeeded" and job["attempts"] == 1, job
+        items = api.get("/api/v1/backup/list", params={"vm_name": "inc"}).json()["items"]
+        done = sorted(
+            (p for p in items if p["status"] == "completed"), key=lambda p: p["created_at"]
+        )
+        first, last = done[0], done[-1]
+        # The bitmap survived the stop: the rerun is still an incremental on the full.
+        assert last["backup_type"] == "incremental" and last["parent_backup_id"] == first["id"]
+        assert same(server.data_dir / "backups" / last["path"], disk)
