@@ -326,3 +326,26 @@ def test_sigterm_mid_incremental_backup_requeues_it_with_change_tracking_intact(
         # The bitmap survived the stop: the rerun is still an incremental on the full.
         assert last["backup_type"] == "incremental" and last["parent_backup_id"] == first["id"]
         assert same(server.data_dir / "backups" / last["path"], disk)
+
+
+def test_sigkill_mid_verification_leaves_no_tool_and_a_writable_source(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    disk = create_disk(tmp_path / "ver.qcow2")
+    with server.client(server.login()) as api:
+        body = {"name": "ver", "kind": "qcow2", "path": str(disk)}
+        assert api.post("/api/v1/sources", json=body).status_code == 201
+        run = api.post("/api/v1/backup/start", json={"vm_name": "ver"}).json()
+        assert wait_for(api, run["id"], {"succeeded", "failed"}, 60)["status"] == "succeeded"
+        (point,) = api.get("/api/v1/backup/list", params={"vm_name": "ver"}).json()["items"]
+        job = api.post(f"/api/v1/backup/{point['id']}/verify").json()
+        wait_for(api, job["id"], {"running", "succeeded"})
+    kids = _kill(server)
+    assert wait_gone(kids, GONE_WITHIN_S) == {}
+    assert partial_sizes(server.data_dir) == {}
+    qemu_io.write_pattern(disk, "qcow2", 0, 512, 0x33)
+    server.start()
+    with server.client(server.login()) as api:
+        # Verification is idempotent: the start-up requeues it and it runs to the end.
+        done = wait_for(api, job["id"], {"succeeded", "failed", "cancelled"}, 60)
+        assert done["status"] == "succeeded", done
