@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import Table
+from _common import Table, ratio
 from websockets.sync.client import connect
 
 from diskvault.tools import qemu_img, qemu_io
@@ -143,6 +143,8 @@ def sample(server: Server) -> dict[str, int]:
 
 
 class Soak:
+    GET_PATHS = ("/api/v1/jobs?limit=20", "/api/v1/images?limit=20", "/api/v1/jobs/stats")
+
     def __init__(self, server: Server, work: Path, args: argparse.Namespace) -> None:
         self.server = server
         self.work = work
@@ -241,7 +243,7 @@ class Soak:
 
     # -- load ------------------------------------------------------------------
     def getter(self) -> None:
-        paths = ["/api/v1/jobs?limit=20", "/api/v1/images?limit=20", "/api/v1/jobs/stats"]
+        paths = self.GET_PATHS
         interval = 1.0 / self.args.get_rate
         with httpx.Client(base_url=self.server.url, timeout=30) as client:
             client.headers["Authorization"] = f"Bearer {self.token}"
@@ -313,6 +315,7 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=6)
     parser.add_argument("--get-rate", type=float, default=10.0, help="GETs per second")
     parser.add_argument("--workers", type=int, default=6, help="DISKVAULT_WORKERS")
+    parser.add_argument("--baseline-gets", type=int, default=200, help="GETs on the idle server")
     parser.add_argument("--settle", type=float, default=15.0, help="idle seconds before the end")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dv-soak-") as tmp:
@@ -331,6 +334,7 @@ def main() -> None:
             client.headers["Authorization"] = f"Bearer {soak.token}"
             soak.prepare(client)
         samples = {"start": sample(server)}
+        baseline = idle_gets(server, soak.token, args.baseline_gets)
         threads = [threading.Thread(target=soak.driver, daemon=True)]
         threads += [threading.Thread(target=soak.getter, daemon=True)]
         threads += [
@@ -352,26 +356,52 @@ def main() -> None:
         time.sleep(args.settle)  # idle request threads retire, unmounts and exits settle
         samples["end"] = sample(server)
         server.stop()
-        report(soak, samples, stop_s, time.monotonic() - began)
+        report(soak, samples, stop_s, time.monotonic() - began, baseline)
         if soak.outstanding:
             print(f"{len(soak.outstanding)} jobs never finished", file=sys.stderr)
 
 
-def report(soak: Soak, samples: dict[str, dict[str, int]], stop_s: float, took: float) -> None:
+def idle_gets(server: Server, token: str, n: int) -> list[float]:
+    """The same GETs, one at a time, before any load: the baseline of this run."""
+    paths = itertools.cycle(Soak.GET_PATHS)
+    out = []
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        for path in itertools.islice(paths, n):
+            began = time.monotonic()
+            client.get(path).raise_for_status()
+            out.append(time.monotonic() - began)
+    return out
+
+
+def report(
+    soak: Soak,
+    samples: dict[str, dict[str, int]],
+    stop_s: float,
+    took: float,
+    baseline: list[float],
+) -> None:
     jobs = Table(["kind", "succeeded", "failed", "cancelled"], title=f"jobs ({took:.0f} s)")
     for kind, counts in sorted(soak.outcomes.items()):
         jobs.add(kind, *(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled")))
     jobs.print()
-    lat = [x * 1000 for x in soak.latencies]
-    gets = Table(["GETs", "errors", "p50 ms", "p99 ms", "max ms", "goal p99"], title="\nGETs")
-    gets.add(
-        len(lat),
-        soak.get_errors,
-        f"{pct(lat, 0.5):.1f}",
-        f"{pct(lat, 0.99):.1f}",
-        f"{max(lat, default=float('nan')):.1f}",
-        "< 200 ms " + ("met" if pct(lat, 0.99) < 200 else "MISSED"),
-    )
+    cols = ["GETs", "n", "errors", "p50 ms", "p99 ms", "max ms", "p99 vs idle", "goal p99"]
+    gets = Table(cols, title="\nGETs")
+    idle = [x * 1000 for x in baseline]
+    for label, lat, errors in (
+        ("idle server, one at a time", idle, 0),
+        ("under load", [x * 1000 for x in soak.latencies], soak.get_errors),
+    ):
+        gets.add(
+            label,
+            len(lat),
+            errors,
+            f"{pct(lat, 0.5):.1f}",
+            f"{pct(lat, 0.99):.1f}",
+            f"{max(lat, default=float('nan')):.1f}",
+            ratio(pct(lat, 0.99), pct(idle, 0.99)),
+            "< 200 ms " + ("met" if pct(lat, 0.99) < 200 else "MISSED"),
+        )
     gets.print()
     gaps = [g * 1000 for g in soak.gaps]
     ws = Table(["messages", "gaps", "p50 ms", "p99 ms", "max ms", "promise"], title="\nWebSocket")
