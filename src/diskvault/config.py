@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     JOB_RETRY_FACTOR: float = Field(default=2.0, ge=1)
     JOB_RETRY_MAX_ATTEMPTS: int = Field(default=3, ge=1)
     JOB_CANCEL_GRACE_S: float = Field(default=3.0, gt=0)
+    # A clean stop waits this long for interrupted jobs to wind down (systemd's
+    # TimeoutStopSec=30 also covers uvicorn's 10 s for open requests).
+    SHUTDOWN_GRACE_S: float = Field(default=15.0, ge=0, le=3600)
     ENABLE_TEST_JOBS: bool = False
 
     # -- images --

@@ -1,8 +1,11 @@
 """The systemd units are well-formed and carry the hardening we promise."""
 
 import configparser
+import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,47 @@ def test_systemd_analyze_verify(unit: Path, tmp_path: Path) -> None:
         if line.strip() and "/opt/diskvault" not in line and "Command" not in line
     ]
     assert not problems, out.stderr
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_stopping_the_unit_stops_its_whole_control_group(unit: Path) -> None:
+    svc = _parse(unit)["Service"]
+    assert svc["KillMode"] == "control-group"
+    # uvicorn drains requests for 10 s, then jobs get SHUTDOWN_GRACE_S (15) to requeue.
+    assert int(svc["TimeoutStopSec"]) >= 30
+
+
+def _systemd_is_pid1() -> str | None:
+    comm = Path("/proc/1/comm").read_text().strip()
+    if comm != "systemd":
+        return f"PID 1 is {comm!r}, not systemd: systemd-run --scope needs a running manager"
+    if shutil.which("systemd-run") is None:
+        return "systemd-run is not installed"
+    return None
+
+
+# Starts a tool the way diskvault does, prints its pid, and waits.
+WITH_CHILD = (
+    "from diskvault.tools.process import Process; import time; "
+    "p = Process(['sleep', '120']); p.start(); print(p.proc.pid, flush=True); time.sleep(120)"
+)
+
+
+def test_a_scope_stop_leaves_no_tool_behind() -> None:
+    reason = _systemd_is_pid1()
+    if reason:
+        pytest.skip(reason)
+    unit = f"diskvault-test-{os.getpid()}"
+    proc = subprocess.Popen(
+        ["systemd-run", "--scope", "--quiet", f"--unit={unit}", sys.executable, "-c", WITH_CHILD],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    subprocess.run(["systemctl", "stop", f"{unit}.scope"], check=True, timeout=60)
+    proc.wait(30)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists()

@@ -119,3 +119,20 @@ def test_sigkilled_worker_job_is_reaped_by_the_survivor(
     assert dead["status"] == "failed" and "stopped responding" in dead["error"]
     print(f"reaped {time.monotonic() - started:.1f}s after SIGKILL (timeout 3s)")
     cluster.start_worker("node-a")  # leave the cluster whole for later tests
+
+
+def test_sigterm_of_a_worker_hands_its_job_to_the_other(
+    cluster: Cluster, client: httpx.Client
+) -> None:
+    job = submit(client, seconds=4, steps=8)
+    running = wait_for(client, job["id"], {"running"})
+    node = running["ran_on"]
+    other = "node-b" if node == "node-a" else "node-a"
+    cluster.workers[node].send_signal(signal.SIGTERM)
+    assert cluster.workers[node].wait(30) == 0
+    try:
+        done = wait_for(client, job["id"], {"succeeded", "failed", "cancelled"}, timeout=60)
+        assert done["status"] == "succeeded", done
+        assert done["ran_on"] == other and done["attempts"] == 1
+    finally:
+        cluster.start_worker(node)  # leave the cluster whole for later tests

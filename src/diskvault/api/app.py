@@ -67,6 +67,7 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
         if run_startup:
             prepare_database(settings)
         worker = WorkerHost(settings, workers=settings.WORKERS)
+        app.state.worker = worker
         worker.start()
         for hook in app.state.startup_hooks:
             hook(app)
@@ -88,6 +89,7 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
     app.state.started = time.monotonic()
     app.state.startup_hooks = []
     app.state.shutdown_hooks = []
+    app.state.worker = None
     app.state.queue_ping = lambda: job_queue.ping(settings)
 
     problems.install(app)

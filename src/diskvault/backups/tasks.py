@@ -45,6 +45,7 @@ def _locked(ctx: JobContext, vm: str, disk: int) -> Iterator[None]:
 
 def _bytes(ctx: JobContext, label: str = "") -> Callable[[int, int], None]:
     def report(done: int, total: int) -> None:
+        ctx.check_cancel()  # verify and copy have no cancel hook of their own
         ctx.progress(done, total, message=label or None)
 
     return report

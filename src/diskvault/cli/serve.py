@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -35,7 +37,16 @@ def serve(
     from diskvault.api.app import create_app
 
     app = create_app(settings)
-    uvicorn.run(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Jobs stop at the signal, not after uvicorn has drained open requests.
+            worker = app.state.worker
+            if worker is not None:
+                threading.Thread(target=worker.begin_stop, daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         app,
         host=settings.BIND_HOST,
         port=settings.PORT,
@@ -44,6 +55,7 @@ def serve(
         timeout_graceful_shutdown=10,
         **proxy_options(settings),
     )
+    Server(config).run()
 
 
 def proxy_options(settings: Settings) -> dict[str, Any]:

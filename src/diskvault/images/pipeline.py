@@ -42,6 +42,7 @@ log = structlog.get_logger("diskvault.images")
 
 # Share of a conversion job's progress bar given to qemu-img; the rest is the checksum.
 CONVERT_SHARE = 0.8
+HASHING = "computing SHA-256"
 
 
 def _load(settings: Settings, image_id: str) -> Image:
@@ -141,13 +142,11 @@ def _convert(
     label = f"converting {src_fmt} to {target}"
 
     def converted(pct: float) -> None:
-        done = int(virtual_size * pct / 100)
-        # The context drops updates closer than its interval; the last one must land.
-        ctx.progress(
-            done, virtual_size, percent=pct * CONVERT_SHARE, message=label, force=pct >= 100
-        )
+        ctx.advance(label, int(virtual_size * pct / 100))
 
-    ctx.progress(0, virtual_size, percent=0, message=label, force=True)
+    # Converting and hashing overlap: one bar, bytes counted over both.
+    ctx.plan((label, CONVERT_SHARE, virtual_size), (HASHING, 1 - CONVERT_SHARE, virtual_size))
+    ctx.progress(percent=0, message=label, force=True)
     started = time.monotonic()
     digest = files.convert_file(
         src,
@@ -180,13 +179,10 @@ def _convert(
 
 
 def _hash_progress(ctx: JobContext, size: int) -> files.Progress:
-    """Progress for hashing ``size`` bytes: the last part of the job's bar."""
-    start = 100 * CONVERT_SHARE
-    size = max(size, 1)
+    """Progress for hashing: the :data:`HASHING` part of the job's plan."""
 
     def hashed(done: int) -> None:
-        pct = start + (100 - start) * done / size
-        ctx.progress(done, size, percent=pct, message="computing the digest")
+        ctx.advance(HASHING, done)
 
     return hashed
 
@@ -194,7 +190,8 @@ def _hash_progress(ctx: JobContext, size: int) -> files.Progress:
 def _digest(ctx: JobContext, path: Path) -> str:
     """The extents digest of ``path``: reads its data only, however large it is."""
     size = path.stat().st_size
-    ctx.progress(0, size, percent=100 * CONVERT_SHARE, message="computing the digest", force=True)
+    ctx.plan((HASHING, 1.0, size))
+    ctx.progress(message=HASHING, force=True)
     value, _ = file_digest(
         path, progress=_hash_progress(ctx, size), should_cancel=ctx.should_cancel
     )

@@ -23,11 +23,16 @@ ON_CANCEL: FailureHook = pipeline.settle_cancelled
 
 
 def _guarded(ctx: JobContext, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Cancelled jobs skip the failure hook, so settle the image here before re-raising."""
+    """Cancelled jobs skip the failure hook, so settle the image here before re-raising.
+
+    A job a clean stop interrupted is left as it is: it is requeued and starts again
+    from its staged or stored source.
+    """
     try:
         return work()
     except Cancelled:
-        pipeline.settle_failure(ctx.settings, ctx.job_id, ctx.params, "cancelled by request")
+        if not ctx.interrupted:
+            pipeline.settle_failure(ctx.settings, ctx.job_id, ctx.params, "cancelled by request")
         raise
 
 

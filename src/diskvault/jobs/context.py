@@ -29,12 +29,19 @@ class JobContext:
         self.params = params
         self.attempt = attempt
         self._cancel = threading.Event()
+        self.interrupted = False  # set by a clean stop of the process, not by a user
         self._stop = threading.Event()
         self._cleanups: list[Path] = []
         self._last_write = 0.0
         self._rate: float | None = None
         self._last_sample: tuple[float, int] | None = None
         self._pending: tuple[int | None, int | None, float | None, str | None] | None = None
+        self._progress_lock = threading.RLock()
+        self._floor_percent = 0.0
+        self._floor_done = 0
+        self._bytes_base = 0  # bytes of the phases before the current one
+        self._phase_done: int | None = None
+        self._parts: dict[str, list[Any]] = {}
         self._heartbeat = threading.Thread(target=self._beat, daemon=True, name=f"hb-{job_id}")
 
     # -- lifecycle (runner) -------------------------------------------------
@@ -68,6 +75,11 @@ class JobContext:
                 continue
 
     # -- cancellation -------------------------------------------------------
+    def interrupt(self) -> None:
+        """The process is stopping: end the job like a cancel, so it can be requeued."""
+        self.interrupted = True
+        self._cancel.set()
+
     def should_cancel(self) -> bool:
         return self._cancel.is_set()
 
@@ -100,6 +112,10 @@ class JobContext:
         self._cleanups.clear()
 
     # -- progress -----------------------------------------------------------
+    # One monotonic total per job: bytes_done and percent never go back. A caller
+    # whose bytes restart from zero (a new phase: converting, then hashing) has its
+    # bytes added to what the earlier phases did; a job that knows its parts up
+    # front declares them with :meth:`plan` and reports each with :meth:`advance`.
     def progress(
         self,
         bytes_done: int | None = None,
@@ -109,24 +125,63 @@ class JobContext:
         message: str | None = None,
         force: bool = False,
     ) -> None:
+        with self._progress_lock:
+            done, total = bytes_done, bytes_total
+            if bytes_done is not None:
+                if self._phase_done is not None and bytes_done < self._phase_done:
+                    self._bytes_base += self._phase_done
+                self._phase_done = bytes_done
+                done = self._bytes_base + bytes_done
+                total = None if bytes_total is None else self._bytes_base + bytes_total
+                if percent is None and total:
+                    percent = 100.0 * done / total
+            self._emit(done, total, percent, message, force)
+
+    def plan(self, *parts: tuple[str, float, int]) -> None:
+        """Declare the job's parts as (name, share of the bar, bytes); they may overlap."""
+        with self._progress_lock:
+            self._parts = {name: [share, max(0, total), 0] for name, share, total in parts}
+
+    def advance(self, part: str, done: int, *, message: str | None = None) -> None:
+        """``done`` bytes of ``part`` (see :meth:`plan`) are through."""
+        with self._progress_lock:
+            entry = self._parts[part]
+            entry[2] = max(entry[2], min(int(done), entry[1]))
+            shares = sum(e[0] for e in self._parts.values()) or 1.0
+            percent = 100.0 * sum(e[0] * e[2] / e[1] for e in self._parts.values() if e[1])
+            total = sum(int(e[1]) for e in self._parts.values())
+            overall = sum(int(e[2]) for e in self._parts.values())
+            complete = entry[2] >= entry[1]  # the end of a part must not be held back
+            self._emit(overall, total, percent / shares, message or part, complete)
+
+    def _emit(
+        self,
+        done: int | None,
+        total: int | None,
+        percent: float | None,
+        message: str | None,
+        force: bool,
+    ) -> None:
+        if percent is not None:
+            percent = self._floor_percent = max(self._floor_percent, min(100.0, percent))
+        if done is not None:
+            done = self._floor_done = max(self._floor_done, done)
         now = time.monotonic()
         if not force and now - self._last_write < PROGRESS_INTERVAL_S:
-            self._pending = (bytes_done, bytes_total, percent, message)
+            self._pending = (done, total, percent, message)
             return
         self._pending = None
         values: dict[str, Any] = {}
-        if bytes_total is not None:
-            values["bytes_total"] = bytes_total
-        if bytes_done is not None:
-            values["bytes_done"] = bytes_done
-            self._update_rate(now, bytes_done)
+        if total is not None:
+            values["bytes_total"] = total
+        if done is not None:
+            values["bytes_done"] = done
+            self._update_rate(now, done)
             values["rate_bytes_per_s"] = self._rate
-            if bytes_total and self._rate:
-                values["eta_s"] = max(0.0, (bytes_total - bytes_done) / self._rate)
-            if percent is None and bytes_total:
-                percent = 100.0 * bytes_done / bytes_total
+            if total and self._rate:
+                values["eta_s"] = max(0.0, (total - done) / self._rate)
         if percent is not None:
-            values["percent"] = round(min(100.0, max(0.0, percent)), 2)
+            values["percent"] = round(percent, 2)
         if message is not None:
             values["message"] = message[:500]
         if not values:
@@ -137,9 +192,9 @@ class JobContext:
 
     def flush_progress(self) -> None:
         """Write the last update the throttle held back (the runner calls this at the end)."""
-        if self._pending is not None:
-            done, total, percent, message = self._pending
-            self.progress(done, total, percent=percent, message=message, force=True)
+        with self._progress_lock:
+            if self._pending is not None:
+                self._emit(*self._pending, force=True)
 
     def _update_rate(self, now: float, done: int) -> None:
         if self._last_sample is not None:

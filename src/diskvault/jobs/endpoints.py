@@ -1,28 +1,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect, status
-from sqlalchemy.orm import Session
 
 from diskvault.api import guard
 from diskvault.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.config import Settings
-from diskvault.db.engine import session_factory
 from diskvault.errors import DiskvaultError, Forbidden
 from diskvault.jobs import registry, service
 from diskvault.jobs.models import Job, JobStatus
 from diskvault.jobs.schemas import JobOut, JobStats, JobSubmit
+from diskvault.jobs.stream import JobStreams
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 ws_router = APIRouter(tags=["jobs"])
 PageDep = Annotated[PageParams, Depends(page_params)]
-WS_PROGRESS_INTERVAL_S = 0.4  # the issue promises a message at least every 500 ms
 
 
 @router.get("", response_model=Page[JobOut])
@@ -76,14 +75,6 @@ def job_message(job: Job) -> dict[str, Any]:
     return body
 
 
-def _read_job(settings: Settings, job_id: str) -> Job | None:
-    session: Session = session_factory(settings.DATABASE_URL)()
-    try:
-        return session.get(Job, job_id)
-    finally:
-        session.close()
-
-
 def _first_frame_token(message: Mapping[str, Any]) -> str | None:
     """The token of a ``{"token": "..."}`` text frame; None for anything else."""
     text = message.get("text")
@@ -118,26 +109,30 @@ async def _authenticate(ws: WebSocket, settings: Settings) -> bool:
     return True
 
 
+def _streams(ws: WebSocket) -> JobStreams:
+    state = ws.app.state
+    if getattr(state, "job_streams", None) is None:
+        state.job_streams = JobStreams(state.settings, job_message)
+    streams: JobStreams = state.job_streams
+    return streams
+
+
 async def stream_job(ws: WebSocket, job_id: str) -> None:
     """Initial status, progress at least every 500 ms, a final message, close."""
     settings: Settings = ws.app.state.settings
     await ws.accept()
     if not await _authenticate(ws, settings):
         return
-    job = await anyio.to_thread.run_sync(_read_job, settings, job_id)
-    if job is None:
-        await ws.send_json({"type": "error", "detail": f"job {job_id} was not found"})
-        await ws.close(code=4404, reason="job not found")
-        return
-    await ws.send_json(job_message(job))
+    sent = 0
     try:
-        while not job.status.finished:
-            await anyio.sleep(WS_PROGRESS_INTERVAL_S)
-            fresh = await anyio.to_thread.run_sync(_read_job, settings, job_id)
-            if fresh is None:
-                break
-            job = fresh
-            await ws.send_json(job_message(job))
+        async with contextlib.aclosing(_streams(ws).messages(job_id)) as messages:
+            async for message in messages:
+                await ws.send_json(message)
+                sent += 1
+        if not sent:
+            await ws.send_json({"type": "error", "detail": f"job {job_id} was not found"})
+            await ws.close(code=4404, reason="job not found")
+            return
         await ws.close(code=1000)
     except WebSocketDisconnect:
         return

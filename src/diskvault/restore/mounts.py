@@ -63,6 +63,9 @@ class Attached:
     partitions: list[PartitionState]
 
 
+LOOPS_FILE = "loops"
+
+
 def export_path(workdir: Path) -> Path:
     return workdir / EXPORT_NAME
 
@@ -102,6 +105,9 @@ def attach(workdir: Path, image: Path, fmt: str, qsd_binary: str) -> Attached:
             _servers[str(workdir)] = server
         export = server.export_image_fuse(image, fmt, export_path(workdir), writable=False)
         loop = mount.losetup_attach(export.path, read_only=True, partscan=True)
+        # Named here for a start-up after a crash: QSD dies with its server, and a loop
+        # on its vanished FUSE export then shows "/" as its backing file.
+        (workdir / LOOPS_FILE).write_text(loop)
         parts = mount.partitions(loop)
         loops = [loop, *(p.device for p in parts if p.device != loop)]
         if parts:
@@ -138,8 +144,13 @@ def detach(workdir: Path) -> list[str]:
     for m in mount.list_mounts(workdir):
         if m.mountpoint not in (export, workdir):
             attempt(f"umount {m.mountpoint}", mount.umount, m.mountpoint)
-    for dev in mount.list_loop_devices(export):
-        if dev.back_file == str(export):
+    try:
+        recorded = (workdir / LOOPS_FILE).read_text().split()
+    except OSError:
+        recorded = []
+    for dev in mount.list_loop_devices():
+        orphaned = dev.name in recorded and dev.back_file in ("/", "")
+        if dev.back_file == str(export) or orphaned:
             attempt(f"detach {dev.name}", mount.losetup_detach, dev.name)
     with _servers_lock:
         server = _servers.pop(str(workdir), None)

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Protocol
 from urllib.parse import quote
 
+from diskvault.tools import children
 from diskvault.tools.process import ToolError, ToolMissing, ToolTimeout, run
 
 ISCSI_LS = "iscsi-ls"
@@ -238,7 +239,7 @@ class IscsiSession:
         obj = stack.enter_context(secret_object(self.chap))
         cmd = [self.binary, *obj, "--image-opts", self.opts]
         try:
-            self._proc = subprocess.Popen(
+            self._proc = children.popen(
                 cmd,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -286,6 +287,7 @@ class IscsiSession:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            children.forget(proc.pid)
             for stream in (proc.stdout, proc.stderr):
                 if stream:
                     stream.close()

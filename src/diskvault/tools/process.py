@@ -2,7 +2,8 @@
 
 Every tool module calls :func:`run` (short commands) or :class:`Process`
 (long commands whose output is streamed, e.g. ``qemu-img convert -p``), and
-maps failures to its own :class:`ToolError` subclass.
+maps failures to its own :class:`ToolError` subclass. Both start the child
+through :func:`children.popen`, so it dies with the process that started it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from diskvault.errors import DiskvaultError
+from diskvault.tools import children
 
 DEFAULT_TIMEOUT = 60.0
 TERM_GRACE = 3.0
@@ -94,22 +96,31 @@ def run(
     argv = [str(c) for c in cmd]
     full = ["prlimit", *prlimit, "--", *argv] if prlimit else argv
     try:
-        proc = subprocess.run(
+        proc = children.popen(
             full,
-            capture_output=True,
+            stdin=subprocess.PIPE if input is not None else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            input=input,
             env=env,
-            check=False,
         )
     except FileNotFoundError as exc:
         raise ToolMissing(cmd=argv, path=argv[0]) from exc
+    try:
+        stdout, stderr = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
         raise ToolTimeout(cmd=argv, timeout=timeout) from exc
-    result = Result(argv, proc.returncode, proc.stdout, proc.stderr)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        children.forget(proc.pid)
+    result = Result(argv, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
-        raise error(cmd=argv, returncode=proc.returncode, stderr=proc.stderr or proc.stdout)
+        raise error(cmd=argv, returncode=proc.returncode, stderr=stderr or stdout)
     return result
 
 
@@ -138,7 +149,7 @@ class Process:
 
     def start(self) -> None:
         try:
-            self.proc = subprocess.Popen(
+            self.proc = children.popen(
                 self.cmd,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -197,6 +208,7 @@ class Process:
             self.proc.wait()
         except ProcessLookupError:
             pass
+        children.forget(self.proc.pid)
 
     def wait(
         self,
@@ -233,6 +245,7 @@ class Process:
                 else:
                     out.append(line)
             rc = self.proc.wait()
+            children.forget(self.proc.pid)
         finally:
             stop_flag.set()
             watcher.join()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from diskvault.tools import mount
+from diskvault.tools import children, mount
 from diskvault.tools.process import TERM_GRACE, ToolMissing
 from diskvault.tools.qmp import QmpConnection, QsdError
 from diskvault.tools.qmp_block import (
@@ -141,11 +141,14 @@ class QsdServer(BlockClient):
             str(self.pidfile),
             *self.extra_args,
         ]
-        # Output goes to a file: a pipe nobody drains would block QSD.
+        # Output goes to a file: a pipe nobody drains would block QSD. SIGTERM when
+        # we die, not SIGKILL: QSD then closes its images and writes their bitmaps.
         with open(self.logfile, "ab") as log:
             try:
-                self._proc = subprocess.Popen(
+                self._proc = children.popen(
                     cmd,
+                    deathsig=signal.SIGTERM,
+                    quit_qmp=self.socket_path,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -196,6 +199,7 @@ class QsdServer(BlockClient):
                         break
                     except subprocess.TimeoutExpired:
                         continue
+            children.forget(proc.pid)
         # A killed QSD leaves "transport endpoint is not connected" mounts.
         mounted = {m.mountpoint for m in mount.list_mounts()}
         for path in self._fuse.values():
