@@ -26,6 +26,15 @@ def _pg_ok() -> bool:
     return _PG_OK
 
 
+@pytest.fixture(autouse=True)
+def _runner_accepts_jobs() -> None:
+    """An app stopped by an earlier test leaves the process's runner refusing jobs
+    (as a real stop should); tests that run jobs without a host need it open."""
+    from diskvault.jobs import runner
+
+    runner.resume()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
