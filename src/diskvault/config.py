@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     SECRET_KEY: str = ""
     ACCESS_TOKEN_MINUTES: int = Field(default=30, ge=1)
     REFRESH_TOKEN_DAYS: int = Field(default=14, ge=1)
+    WEB_SESSION_HOURS: int = Field(default=12, ge=1, le=24 * 30)
 
     JOB_HEARTBEAT_S: float = Field(default=2.0, gt=0)
     JOB_HEARTBEAT_TIMEOUT_S: float = Field(default=30.0, gt=0)

@@ -152,29 +152,10 @@ def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
         policy = policies.get(db, body.policy)
         rules, max_length = dict(policy.retention), max_length or policy.max_chain_length
     if body.dry_run:
-        disks = sorted(
-            {
-                p.disk_index
-                for p in service.list_backups(
-                    db, PageParams(limit=100000), vm_name=body.vm_name, repository_id=repo.id
-                )[0]
-            }
+        disks = retention.simulate(
+            settings, db, repository_id=repo.id, vm=body.vm_name, rules=rules
         )
-        return {
-            "dry_run": True,
-            "disks": [
-                retention.prune(
-                    settings,
-                    db,
-                    repository_id=repo.id,
-                    vm=body.vm_name,
-                    disk=d,
-                    rules=rules,
-                    dry_run=True,
-                )
-                for d in disks
-            ],
-        }
+        return {"dry_run": True, "disks": disks}
     params = {
         "vm_name": body.vm_name,
         "repository_id": repo.id,
