@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from fastapi.testclient import TestClient
 
-from support.server import ADMIN_PASSWORD
+from support.server import ADMIN_PASSWORD, ServerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+WIDE, NARROW = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
+
+
+@dataclass
+class Console:
+    """A real server for browser tests, where screenshots go, and the organizer's root."""
+
+    server: ServerProcess
+    root: Path
+    shots: Path
+    organizer_root: Path
+
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 

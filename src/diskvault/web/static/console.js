@@ -40,7 +40,9 @@
     ws.onmessage = (ev) => {
       const m = JSON.parse(ev.data);
       if (m.status) paint(el, m);
-      if (["completed", "error", "cancelled"].includes(m.type) && onDone) onDone(m);
+      if (!["completed", "error", "cancelled"].includes(m.type)) return;
+      if (onDone) onDone(m);
+      else if (el.dataset.reload) setTimeout(() => location.reload(), 300);
     };
   }
   function followAll(root) {
