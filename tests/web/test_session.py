@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -202,3 +204,35 @@ def test_static_files_are_vendored(app_client: TestClient) -> None:
     assert js.status_code == 200 and "htmx" in js.text
     assert app_client.get("/static/vendor/htmx-LICENSE.txt").status_code == 200
     assert app_client.get("/static/console.css").status_code == 200
+
+
+def test_expired_session_goes_to_login_and_back(app_client: TestClient, settings: Settings) -> None:
+    sign_in(app_client)
+    with session_scope(settings.DATABASE_URL) as s:
+        row = s.scalar(select(ApiToken).where(ApiToken.name == "console session"))
+        assert row is not None
+        row.expires_at = datetime.now(UTC) - timedelta(minutes=1)
+    resp = app_client.get("/backups?limit=25", follow_redirects=False)
+    assert resp.status_code == 303
+    assert resp.headers["location"] == "/login?next=/backups%3Flimit%3D25"
+
+
+def test_cookie_is_secure_over_https(settings: Settings) -> None:
+    from diskvault.api.app import create_app
+
+    with TestClient(create_app(settings), base_url="https://testserver") as client:
+        nonce = csrf_of(client.get("/login").text)
+        resp = client.post(
+            "/login",
+            data={"username": "admin", "password": "admin-password-for-tests", "csrf": nonce},
+            follow_redirects=False,
+        )
+    assert resp.status_code == 303
+    assert "Secure" in resp.headers["set-cookie"] and "HttpOnly" in resp.headers["set-cookie"]
+
+
+def test_live_token_opens_the_upload_api_for_the_signed_in_user(app_client: TestClient) -> None:
+    assert app_client.get("/session/live-token", follow_redirects=False).status_code == 303
+    sign_in(app_client)
+    token = app_client.get("/session/live-token").json()["token"]
+    assert app_client.get("/api/v1/auth/me", headers=auth(token)).json()["username"] == "admin"
