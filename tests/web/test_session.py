@@ -236,3 +236,14 @@ def test_live_token_opens_the_upload_api_for_the_signed_in_user(app_client: Test
     sign_in(app_client)
     token = app_client.get("/session/live-token").json()["token"]
     assert app_client.get("/api/v1/auth/me", headers=auth(token)).json()["username"] == "admin"
+
+
+def test_bad_query_is_an_html_error_and_api_keeps_problem_json(
+    app_client: TestClient, admin_token: str
+) -> None:
+    sign_in(app_client)
+    resp = app_client.get("/images?limit=100000")
+    assert resp.status_code == 422 and resp.headers["content-type"].startswith("text/html")
+    assert "limit" in resp.text
+    api = app_client.get("/api/v1/images?limit=100000", headers=auth(admin_token))
+    assert_problem(api, 422)

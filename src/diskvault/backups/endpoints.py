@@ -8,9 +8,8 @@ from fastapi.responses import JSONResponse
 from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.backups import policies, retention, service
-from diskvault.backups.errors import InvalidRestoreTarget, NotSupportedHere
+from diskvault.backups.errors import NotSupportedHere
 from diskvault.backups.models import BackupStatus
-from diskvault.backups.restore import check_destination
 from diskvault.backups.schemas import (
     BackupOut,
     BackupStart,
@@ -203,15 +202,7 @@ def restore(
     backup_id: str, body: RestoreRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
 ) -> Any:
     """Restore the whole disk to a new file, an NBD export or the image library."""
-    service.completed(db, backup_id, "restored")
-    if body.target == "file":
-        check_destination(settings, body.path or "")
-    elif body.target == "nbd" and not body.url:
-        raise InvalidRestoreTarget(target="nbd", detail="give 'url'")
-    elif body.target == "image" and not body.image_name:
-        raise InvalidRestoreTarget(target="image", detail="give 'image_name'")
-    params = {"backup_id": backup_id, **body.model_dump()}
-    return service.submit(settings, "backup-restore", params, who.username)
+    return service.request_restore(settings, db, backup_id, body.model_dump(), who.username)
 
 
 # -- policies ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from diskvault.backups.chain import register_busy_check
 from diskvault.backups.errors import (
     BackupNotFound,
     InvalidRepository,
+    InvalidRestoreTarget,
     NotSupportedHere,
     PointNotReady,
     RepositoryExists,
@@ -37,6 +38,7 @@ from diskvault.backups.models import (
     find_named,
     insert_named,
 )
+from diskvault.backups.restore import check_destination
 from diskvault.backups.sources import SOURCES
 from diskvault.backups.verify import chain_to
 from diskvault.config import Settings
@@ -351,3 +353,18 @@ def request_delete(settings: Settings, session: Session, backup_id: str, owner: 
     touched = points[index : index + (3 if index == 0 else 2)]
     chains.guard(session, touched, points[index:])
     return submit(settings, "backup-delete", {"backup_id": backup_id}, owner)
+
+
+def request_restore(
+    settings: Settings, session: Session, backup_id: str, target: dict[str, Any], owner: str | None
+) -> Job:
+    """Queue restoring the whole disk to a new file, an NBD export or the image library."""
+    completed(session, backup_id, "restored")
+    kind = target.get("target")
+    if kind == "file":
+        check_destination(settings, target.get("path") or "")
+    elif kind == "nbd" and not target.get("url"):
+        raise InvalidRestoreTarget(target="nbd", detail="give 'url'")
+    elif kind == "image" and not target.get("image_name"):
+        raise InvalidRestoreTarget(target="image", detail="give 'image_name'")
+    return submit(settings, "backup-restore", {"backup_id": backup_id, **target}, owner)

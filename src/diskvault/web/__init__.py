@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,8 +39,14 @@ PUBLIC_PATHS = ("/login", "/static/")
 Handler = Callable[[Request, Exception], Any]
 
 
+def is_console_path(path: str) -> bool:
+    """Console paths authenticate with the session cookie themselves (and send a stranger
+    to /login); an auth middleware in front of the app must let them through."""
+    return not path.startswith(API_PREFIXES)
+
+
 def is_console(request: Request) -> bool:
-    return not request.url.path.startswith(API_PREFIXES)
+    return is_console_path(request.url.path)
 
 
 def _login_required(request: Request, exc: Exception) -> Response:
@@ -57,6 +64,12 @@ def _html_errors(prior: Handler) -> Handler:
             return await answer if inspect.isawaitable(answer) else answer
         if isinstance(exc, DiskvaultError):
             status, title, detail = exc.status, exc.title, exc.message
+        elif isinstance(exc, RequestValidationError):
+            status, title = 422, "Invalid request"
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                for e in exc.errors()
+            )
         elif isinstance(exc, StarletteHTTPException):
             status, title = exc.status_code, str(exc.detail)
             detail = "There is no page here." if status == 404 else str(exc.detail)
@@ -80,5 +93,5 @@ def install(app: FastAPI) -> None:
         app.include_router(router, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_exception_handler(LoginRequired, _login_required)
-    for kind in (DiskvaultError, StarletteHTTPException, Exception):
+    for kind in (DiskvaultError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(kind, _html_errors(app.exception_handlers[kind]))

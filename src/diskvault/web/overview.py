@@ -9,8 +9,14 @@ from croniter import croniter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from diskvault.backups.models import Backup, BackupPolicy, BackupRepository, BackupSource
-from diskvault.boot.models import Machine
+from diskvault.backups.models import (
+    Backup,
+    BackupPolicy,
+    BackupRepository,
+    BackupSource,
+    BackupStatus,
+)
+from diskvault.boot.models import BootSession, Machine
 from diskvault.images.models import Image
 from diskvault.jobs.models import Job, JobStatus
 from diskvault.organizer.models import ScannedFile
@@ -97,3 +103,26 @@ def category_bytes(session: Session, operation_id: str) -> list[tuple[str, int]]
     )
     rows = [(str(c), int(n or 0)) for c, n in session.execute(stmt)]
     return sorted(rows, key=lambda r: r[1], reverse=True)
+
+
+def boot_states(session: Session, machine_ids: list[str]) -> dict[str, str]:
+    """``up`` (an initiator logged in), ``booting`` (asked for its script), else ``offline``."""
+    stmt = select(BootSession.machine_id, BootSession.connected_at).where(
+        BootSession.machine_id.in_(machine_ids), BootSession.ended_at.is_(None)
+    )
+    states = dict.fromkeys(machine_ids, "offline")
+    for machine_id, connected in session.execute(stmt):
+        states[machine_id] = "up" if connected else "booting"
+    return states
+
+
+def point_sizes(session: Session, vm_name: str, limit: int = 120) -> list[tuple[Any, int, str]]:
+    """The newest ``limit`` restore points of a source, oldest first: (time, bytes, type)."""
+    stmt = (
+        select(Backup.created_at, Backup.file_size, Backup.backup_type)
+        .where(Backup.vm_name == vm_name, Backup.status == BackupStatus.completed)
+        .order_by(Backup.created_at.desc())
+        .limit(limit)
+    )
+    rows = [(t, int(n or 0), kind.value if kind else "") for t, n, kind in session.execute(stmt)]
+    return rows[::-1]

@@ -82,3 +82,20 @@ def hbars(rows: list[tuple[str, int]]) -> dict[str, Any]:
         for i, (label, value) in enumerate(rows)
     ]
     return {"bars": bars, "height": len(bars) * 24, "label_w": 110, "bar_w": bar_w}
+
+
+def columns(rows: list[tuple[Any, int, str]], height: int = 80) -> dict[str, Any]:
+    """Restore-point sizes over time: one column per point, full ones marked F."""
+    top = max((n for _, n, _ in rows), default=0) or 1
+    step = max(4, min(18, 720 // max(1, len(rows))))
+    cols = [
+        {
+            "x": i * step,
+            "w": max(2, step - 2),
+            "h": max(1, round(height * n / top)),
+            "full": kind == "full",
+            "title": f"{when(t)} {kind} {human_bytes(n)}",
+        }
+        for i, (t, n, kind) in enumerate(rows)
+    ]
+    return {"cols": cols, "width": max(40, len(rows) * step), "height": height, "top": top}

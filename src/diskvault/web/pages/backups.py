@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from diskvault.api.deps import DbDep, SettingsDep
 from diskvault.api.pagination import PageParams
 from diskvault.backups import policies, retention, service
-from diskvault.backups.schemas import BackupStart, Retention
+from diskvault.backups.schemas import BackupStart, RestoreRequest, Retention
 from diskvault.web import overview, svg
 from diskvault.web.pages.common import ListDep, parse
 from diskvault.web.render import back_to, redirect, render
@@ -50,6 +50,7 @@ def source_detail(
         "source": source,
         "chain": svg.chain(service.chain_view(db, source.name, None), mounted),
         "mounted": mounted,
+        "sizes": svg.columns(overview.point_sizes(db, source.name)),
         "rules": rules,
         "simulation": simulation,
         "repositories": service.list_repositories(db, ALL)[0],
@@ -97,3 +98,19 @@ def run_policy(
 ) -> Response:
     policies.run_now(settings, db, policies.get(db, ref), who.principal.username)
     return redirect(back_to(request, who, "/backups"), ("info", f"Policy {ref} started."))
+
+
+@router.post("/backups/restore")
+def restore_point(who: OperatorWriterDep, db: DbDep, settings: SettingsDep) -> Response:
+    form = who.form
+    kind = form.get("target", "")
+    where = {"file": "path", "nbd": "url", "image": "image_name"}.get(kind)
+    fields = {"target": kind, "format": form.get("format", "")}
+    if where:
+        fields[where] = form.get("destination", "")
+    body = parse(RestoreRequest, fields)
+    backup_id = form.get("backup_id", "")
+    job = service.request_restore(
+        settings, db, backup_id, body.model_dump(), who.principal.username
+    )
+    return redirect(f"/jobs/{job.id}", ("info", f"Restoring to {kind}."))

@@ -10,13 +10,14 @@ from diskvault.api.deps import DbDep, SettingsDep
 from diskvault.api.pagination import PageParams
 from diskvault.boot import bootscript, writeback
 from diskvault.boot import service as machines
-from diskvault.boot.schemas import ApplyRequest, MachineCreate
+from diskvault.boot.schemas import ApplyRequest, MachineCreate, MachineUpdate
 from diskvault.errors import DiskvaultError
 from diskvault.images import service as images
 from diskvault.images.models import ImageStatus
 from diskvault.targets import service as targets
 from diskvault.targets.schemas import TargetCreate
 from diskvault.tools import ipxe
+from diskvault.web import overview
 from diskvault.web.pages.common import ListDep, checkbox, parse
 from diskvault.web.render import redirect, render, templates
 from diskvault.web.session import OperatorWriterDep, ReaderDep
@@ -108,6 +109,7 @@ def list_machines(
     context = {
         **lq.out(items, total),
         "writeback": {m.id: _writeback_bytes(settings, m.id) for m in items},
+        "states": overview.boot_states(db, [m.id for m in items]),
         "images": _ready_images(db) if who.can_operate else [],
     }
     return render(request, "machines.html", who, context)
@@ -135,6 +137,7 @@ def machine_detail(
             server=server, http_port=port or settings.PORT, tftp_root=settings.BOOT_TFTP_ROOT
         ),
         "sessions": machines.list_sessions(db, machine.id, PageParams(limit=10))[0],
+        "images": _ready_images(db) if who.can_operate else [],
     }
     return render(request, "machine_detail.html", who, context)
 
@@ -153,6 +156,19 @@ def create_machine(who: OperatorWriterDep, db: DbDep, settings: SettingsDep) -> 
         owner=who.principal.username,
     )
     return redirect(f"/machines/{machine.id}", ("info", f"Added {machine.name}."))
+
+
+@router.post("/machines/{machine_id}/edit")
+def edit_machine(
+    machine_id: str, who: OperatorWriterDep, db: DbDep, settings: SettingsDep
+) -> Response:
+    body = parse(
+        MachineUpdate, {k: who.form.get(k, "") for k in ("name", "mac", "image_id", "mode")}
+    )
+    machine = machines.update_machine(
+        db, settings, machine_id, **body.model_dump(exclude_none=True)
+    )
+    return redirect(f"/machines/{machine_id}", ("info", f"Saved {machine.name}."))
 
 
 @router.post("/machines/{machine_id}/writeback/discard")
