@@ -219,6 +219,23 @@ def test_mount_browse_and_download(page: Page, console: Console, source: str) ->
     expect(page.get_by_text("Unmounted.")).to_be_visible(timeout=LONG)
 
 
+def test_restore_point_to_the_image_library(
+    page: Page, console: Console, source: str, api: httpx.Client
+) -> None:
+    login(page, console)
+    page.goto(console.server.url + f"/backups/{source}")
+    if page.locator("svg.chain g.point").count() < 2:
+        pytest.fail("needs the two restore points of test_back_up_twice_and_see_two_blocks")
+    expect(page.locator("svg.columns rect")).to_have_count(2)  # sizes over time
+    page.get_by_label("To", exact=True).select_option("image")
+    page.get_by_label("Name, path or URL").fill("restored-web1")
+    page.get_by_role("button", name="Restore", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("backup-restore")
+    expect(page.locator("h1 .badge")).to_have_text("succeeded", timeout=LONG)
+    names = [i["name"] for i in api.get("/api/v1/images", params={"limit": 100}).json()["items"]]
+    assert "restored-web1" in names
+
+
 def test_organizer_scan_breakdown(page: Page, console: Console) -> None:
     (console.organizer_root / "disk.qcow2").write_bytes(b"QFI\xfb" + bytes(64 * 1024))
     (console.organizer_root / "notes.txt").write_text("hello\n" * 100)
