@@ -14,7 +14,6 @@ from diskvault.web.render import human_bytes, when
 BLOCK_H = 34
 MIN_W, MAX_W = 18, 160
 GAP = 6
-ROW_H = BLOCK_H + 44
 
 
 def _badges(point: dict[str, Any], mounted: set[str]) -> list[str]:
@@ -31,9 +30,8 @@ def chain(view: dict[str, Any], mounted: Iterable[str] = ()) -> dict[str, Any]:
     mounted = set(mounted)
     chains = [c for c in view["chains"] if c["points"]]
     biggest = max((p["file_size"] for c in chains for p in c["points"]), default=0) or 1
-    rows, width = [], 200
-    for r, c in enumerate(chains):
-        y = r * ROW_H + 18
+    rows, width, y = [], 200, 18
+    for c in chains:
         x, blocks = 0.0, []
         for p in c["points"]:
             w = MIN_W + (MAX_W - MIN_W) * (p["file_size"] / biggest) ** 0.5
@@ -59,9 +57,11 @@ def chain(view: dict[str, Any], mounted: Iterable[str] = ()) -> dict[str, Any]:
         if c["broken_reason"]:
             label += f" · BROKEN: {c['broken_reason']}"
         rows.append({"y": y, "label": label, "blocks": blocks})
+        most_badges = max(len(b["badges"]) for b in blocks)
+        y += BLOCK_H + 10 * most_badges + 26  # room for the badges, then the next label
     return {
         "width": width,
-        "height": len(rows) * ROW_H + 8,
+        "height": y - 14,
         "rows": rows,
         "block_h": BLOCK_H,
         "name": view["vm_name"],
