@@ -126,3 +126,11 @@ def point_sizes(session: Session, vm_name: str, limit: int = 120) -> list[tuple[
     )
     rows = [(t, int(n or 0), kind.value if kind else "") for t, n, kind in session.execute(stmt)]
     return rows[::-1]
+
+
+def children_of(session: Session, backup_ids: list[str]) -> dict[str, Backup]:
+    """For each point, the completed point built on it (what deleting it merges into)."""
+    stmt = select(Backup).where(
+        Backup.parent_backup_id.in_(backup_ids), Backup.status == BackupStatus.completed
+    )
+    return {row.parent_backup_id or "": row for row in session.scalars(stmt)}

@@ -32,7 +32,7 @@ def human_bytes(n: int | float | None) -> str:
 
 
 def when(value: datetime | None) -> str:
-    if value is None:
+    if not isinstance(value, datetime):  # None, or a missing (Undefined) attribute
         return "—"
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)

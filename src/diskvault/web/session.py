@@ -137,6 +137,7 @@ class Console:
     token: str
     csrf: str
     form: dict[str, Any] = field(default_factory=dict)
+    form_lists: dict[str, list[str]] = field(default_factory=dict)  # repeated fields
 
     @property
     def can_operate(self) -> bool:
@@ -173,6 +174,9 @@ def writer(role: Role) -> Any:
         sent = request.headers.get(CSRF_HEADER, "")
         form = await request.form()
         who.form = {k: v for k, v in form.items() if isinstance(v, str)}
+        who.form_lists = {
+            k: [v for v in form.getlist(k) if isinstance(v, str)] for k in form
+        }
         sent = sent or who.form.get(CSRF_FIELD, "")
         if not hmac.compare_digest(sent.encode(), who.csrf.encode()):
             raise CsrfFailed()

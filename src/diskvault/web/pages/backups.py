@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from diskvault.api.deps import DbDep, SettingsDep
 from diskvault.api.pagination import PageParams
 from diskvault.backups import policies, retention, service
-from diskvault.backups.schemas import BackupStart, RestoreRequest, Retention
+from diskvault.backups.schemas import BackupStart, PolicyCreate, RestoreRequest, Retention
 from diskvault.web import overview, svg
 from diskvault.web.pages.common import ListDep, parse
 from diskvault.web.render import back_to, redirect, render
@@ -50,12 +50,22 @@ def source_detail(
         "source": source,
         "chain": svg.chain(service.chain_view(db, source.name, None), mounted),
         "mounted": mounted,
+        "children": overview.children_of(db, [p.id for p in points]),
         "sizes": svg.columns(overview.point_sizes(db, source.name)),
         "rules": rules,
         "simulation": simulation,
         "repositories": service.list_repositories(db, ALL)[0],
     }
     return render(request, "backup_source.html", who, context)
+
+
+@router.post("/backups/policies")
+def create_policy(who: OperatorWriterDep, db: DbDep, settings: SettingsDep) -> Response:
+    form = dict(who.form)
+    form["sources"] = [s for s in who.form_lists.get("sources", []) if s]
+    body = parse(PolicyCreate, form)
+    policies.create(settings, db, body.model_dump())
+    return redirect("/backups", ("info", f"Policy {body.name} created."))
 
 
 @router.post("/backups/start")
