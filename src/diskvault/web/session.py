@@ -174,9 +174,7 @@ def writer(role: Role) -> Any:
         sent = request.headers.get(CSRF_HEADER, "")
         form = await request.form()
         who.form = {k: v for k, v in form.items() if isinstance(v, str)}
-        who.form_lists = {
-            k: [v for v in form.getlist(k) if isinstance(v, str)] for k in form
-        }
+        who.form_lists = {k: [v for v in form.getlist(k) if isinstance(v, str)] for k in form}
         sent = sent or who.form.get(CSRF_FIELD, "")
         if not hmac.compare_digest(sent.encode(), who.csrf.encode()):
             raise CsrfFailed()
