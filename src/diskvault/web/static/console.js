@@ -28,6 +28,19 @@
     state.textContent = m.status + (m.error ? ": " + m.error : "");
     state.className = "state s-" + m.status;
     el.dataset.status = m.status;
+    const chart = el.parentElement && el.parentElement.querySelector("svg.spark");
+    if (chart && m.rate_bytes_per_s != null) spark(chart, m.rate_bytes_per_s);
+  }
+
+  /* Throughput over time, from the WebSocket's progress samples. */
+  function spark(svg, rate) {
+    const samples = (svg.samples = (svg.samples || []).concat([rate]).slice(-120));
+    const top = Math.max(...samples) || 1;
+    const w = 240, h = 40, step = w / Math.max(1, samples.length - 1);
+    const points = samples.map((r, i) => (i * step).toFixed(1) + "," + (h - (h * r) / top).toFixed(1)).join(" ");
+    svg.querySelector("polyline").setAttribute("points", points);
+    svg.querySelector("title").textContent = "throughput, peak " + human(top) + "/s";
+    svg.hidden = false;
   }
 
   async function follow(el, onDone) {
