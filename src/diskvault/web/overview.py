@@ -128,9 +128,11 @@ def point_sizes(session: Session, vm_name: str, limit: int = 120) -> list[tuple[
     return rows[::-1]
 
 
-def children_of(session: Session, backup_ids: list[str]) -> dict[str, Backup]:
+def children_of(session: Session, points: list[Backup]) -> dict[str, Backup]:
     """For each point, the completed point built on it (what deleting it merges into)."""
-    stmt = select(Backup).where(
-        Backup.parent_backup_id.in_(backup_ids), Backup.status == BackupStatus.completed
+    ids = {p.id for p in points}
+    stmt = select(Backup).where(  # by chain: indexed, and a child shares its parent's chain
+        Backup.chain_id.in_({p.chain_id for p in points if p.chain_id}),
+        Backup.status == BackupStatus.completed,
     )
-    return {row.parent_backup_id or "": row for row in session.scalars(stmt)}
+    return {r.parent_backup_id: r for r in session.scalars(stmt) if r.parent_backup_id in ids}

@@ -50,7 +50,7 @@ def source_detail(
         "source": source,
         "chain": svg.chain(service.chain_view(db, source.name, None), mounted),
         "mounted": mounted,
-        "children": overview.children_of(db, [p.id for p in points]),
+        "children": overview.children_of(db, points),
         "sizes": svg.columns(overview.point_sizes(db, source.name)),
         "rules": rules,
         "simulation": simulation,
