@@ -3,8 +3,8 @@
 The session is an API-token row (``name = "console session"``) whose plaintext
 lives only in the cookie: logout sets ``revoked_at``, expiry is ``expires_at``,
 and resolving it applies the rules ``auth_service.resolve`` applies to API tokens
-(revoked, expired, disabled user). The CSRF token is an HMAC of the session token, so it needs no storage and dies
-with the session.
+(revoked, expired, disabled user). The CSRF token is an HMAC of the session
+token, so it needs no storage and dies with the session.
 """
 
 from __future__ import annotations
