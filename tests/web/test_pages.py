@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from diskvault.backups.models import BackupPolicy, BackupSource, SourceKind
+from diskvault.backups import service
+from diskvault.backups.models import (
+    Backup,
+    BackupChain,
+    BackupPolicy,
+    BackupRepository,
+    BackupSource,
+    BackupStatus,
+    BackupType,
+    RepositoryKind,
+    SourceKind,
+)
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from support.console import sign_in
@@ -69,3 +82,41 @@ def test_prune_simulator_rejects_negative_counts(
     assert resp.status_code == 422 and "keep_last" in resp.text
     ok = app_client.get("/backups/vm-a?keep_last=2")
     assert ok.status_code == 200 and "Disk " not in ok.text  # no points: nothing to decide
+
+
+def test_source_page_draws_every_chain_in_link_order(
+    app_client: TestClient, settings: Settings
+) -> None:
+    _source(settings, "vm-a")
+    now = datetime.now(UTC)
+    with session_scope(settings.DATABASE_URL) as s:
+        repo = BackupRepository(name="r", kind=RepositoryKind.local, path="/nonexistent")
+        s.add(repo)
+        s.flush()
+        for c in range(2):
+            chain = BackupChain(repository_id=repo.id, vm_name="vm-a", disk_index=0)
+            s.add(chain)
+            s.flush()
+            parent = None
+            for p in range(3):
+                row = Backup(
+                    vm_name="vm-a",
+                    repository_id=repo.id,
+                    chain_id=chain.id,
+                    backup_type=BackupType.full if p == 0 else BackupType.incremental,
+                    status=BackupStatus.completed,
+                    parent_backup_id=parent,
+                    file_size=1 + p,
+                    created_at=now - timedelta(hours=10 * c + p),  # newer rows come first
+                )
+                s.add(row)
+                s.flush()
+                parent = row.id
+    with session_scope(settings.DATABASE_URL) as s:
+        view = service.chain_view(s, "vm-a", None)
+    assert [[p["backup_type"] for p in c["points"]] for c in view["chains"]] == [
+        ["full", "incremental", "incremental"]
+    ] * 2
+    sign_in(app_client)
+    html = app_client.get("/backups/vm-a").text
+    assert html.count('class="point"') == 6 and html.count('data-kind="full"') == 2

@@ -279,8 +279,10 @@ def chain_view(session: Session, vm_name: str, repository_id: str | None) -> dic
     if repository_id:
         stmt = stmt.where(BackupChain.repository_id == repository_id)
     out = []
-    for chain in session.scalars(stmt.order_by(BackupChain.disk_index, BackupChain.created_at)):
-        points = chains.ordered(session, chain.id)
+    rows = list(session.scalars(stmt.order_by(BackupChain.disk_index, BackupChain.created_at)))
+    ordered = chains.ordered_many(session, [c.id for c in rows])
+    for chain in rows:
+        points = ordered.get(chain.id, [])
         out.append(
             {
                 "chain_id": chain.id,
