@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
-from diskvault import __version__
+from diskvault import __version__, web
 from diskvault.api import guard, middleware, problems, system
 from diskvault.auth import service as auth_service
 from diskvault.config import Settings
@@ -102,6 +102,7 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
             app.state.startup_hooks.append(module.startup)
         if hasattr(module, "shutdown"):
             app.state.shutdown_hooks.append(module.shutdown)
+    web.install(app)  # the console's pages, static files and HTML error pages
 
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     # Inside CORS (a preflight carries no token), outside everything that reads a body.

@@ -1,19 +1,14 @@
 from __future__ import annotations
 
-import asyncio
-import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
-import anyio
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, status
 
 from diskvault.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep, optional_principal
 from diskvault.api.pagination import Page, PageParams, page_params
-from diskvault.api.problems import problem_response
-from diskvault.auth import security, service
-from diskvault.auth.errors import LoginThrottled
+from diskvault.auth import login as password_login
+from diskvault.auth import service
 from diskvault.auth.schemas import (
     ApiTokenCreate,
     ApiTokenCreated,
@@ -27,37 +22,14 @@ from diskvault.auth.schemas import (
     UserUpdate,
 )
 from diskvault.auth.service import Principal
-from diskvault.auth.throttle import LoginThrottle
-from diskvault.config import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
 PageDep = Annotated[PageParams, Depends(page_params)]
 log = structlog.get_logger("diskvault.auth")
 
 
-def _throttle(app: Any, settings: Settings) -> LoginThrottle:
-    throttle: LoginThrottle | None = getattr(app.state, "login_throttle", None)
-    if throttle is None:
-        throttle = app.state.login_throttle = LoginThrottle(
-            settings.LOGIN_MAX_FAILURES_PER_USER,
-            settings.LOGIN_MAX_FAILURES_PER_IP,
-            settings.LOGIN_WINDOW_S,
-        )
-    return throttle
-
-
-def _hashing(app: Any, settings: Settings) -> ThreadPoolExecutor:
-    pool: ThreadPoolExecutor | None = getattr(app.state, "login_hashing", None)
-    if pool is None:
-        pool = app.state.login_hashing = security.hashing_pool(settings.LOGIN_HASH_WORKERS)
-    return pool
-
-
 def shutdown(app: FastAPI) -> None:
-    pool: ThreadPoolExecutor | None = getattr(app.state, "login_hashing", None)
-    app.state.login_hashing = None  # a later start makes a new one
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+    password_login.shutdown(app.state)
 
 
 @router.post(
@@ -71,27 +43,11 @@ def shutdown(app: FastAPI) -> None:
 )
 async def login(body: LoginRequest, request: Request, settings: SettingsDep) -> Any:
     client = request.client.host if request.client else "unknown"
-    throttle = _throttle(request.app, settings)
-    refusal = throttle.begin(body.username, client)
-    if refusal is not None:
-        retry_after = math.ceil(refusal.retry_after)
-        err = LoginThrottled(
-            subject=refusal.subject, retry_after=retry_after, setting=refusal.setting
-        )
-        if refusal.new:
-            rid = getattr(request.state, "request_id", None)
-            await anyio.to_thread.run_sync(
-                service.record_lockout, settings, body.username, client, err.message, rid
-            )
-            log.warning("login locked out", subject=refusal.subject, retry_after=retry_after)
-        problem = {**err.problem(), "instance": request.url.path}
-        return problem_response(problem, headers={"Retry-After": str(retry_after)})
-    user, stored = await anyio.to_thread.run_sync(service.login_candidate, settings, body.username)
-    pool = _hashing(request.app, settings)
-    ok = await asyncio.wrap_future(pool.submit(security.verify_password, stored, body.password))
-    tokens = service.login_result(settings, user, ok)
-    throttle.succeeded(body.username, client)
-    return tokens
+    rid = getattr(request.state, "request_id", None)
+    user = await password_login.check_password(
+        request.app.state, settings, body.username, body.password, client, rid
+    )
+    return service.issue_tokens(settings, user)
 
 
 @router.post("/auth/refresh", response_model=TokenPair, summary="Trade a refresh token")

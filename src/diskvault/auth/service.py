@@ -14,7 +14,6 @@ from diskvault.api.pagination import PageParams, paginate
 from diskvault.auth import security
 from diskvault.auth.errors import (
     AdminRequiredForSignup,
-    InvalidCredentials,
     InvalidToken,
     UserExists,
 )
@@ -69,12 +68,6 @@ def login_candidate(settings: Settings, username: str) -> tuple[User | None, str
             return None, DUMMY_HASH
         session.expunge(user)
         return user, user.password_hash
-
-
-def login_result(settings: Settings, user: User | None, password_ok: bool) -> dict[str, Any]:
-    if user is None or not password_ok or not user.is_active:
-        raise InvalidCredentials()
-    return issue_tokens(settings, user)
 
 
 def record_lockout(

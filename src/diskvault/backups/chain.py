@@ -70,13 +70,23 @@ def image_of(session: Session, point: Backup) -> Path:
 
 def ordered(session: Session, chain_id: str) -> list[Backup]:
     """The completed points of a chain, from its full to its head, by parent links."""
-    rows = list(
-        session.scalars(
-            select(Backup)
-            .where(Backup.chain_id == chain_id, Backup.status == BackupStatus.completed)
-            .order_by(Backup.created_at)
-        )
+    return ordered_many(session, [chain_id]).get(chain_id, [])
+
+
+def ordered_many(session: Session, chain_ids: list[str]) -> dict[str, list[Backup]]:
+    """``ordered`` for several chains in one query."""
+    rows = session.scalars(
+        select(Backup)
+        .where(Backup.chain_id.in_(chain_ids), Backup.status == BackupStatus.completed)
+        .order_by(Backup.created_at)
     )
+    by_chain: dict[str, list[Backup]] = {}
+    for row in rows:
+        by_chain.setdefault(row.chain_id or "", []).append(row)
+    return {chain_id: _by_links(points) for chain_id, points in by_chain.items()}
+
+
+def _by_links(rows: list[Backup]) -> list[Backup]:
     children = {r.parent_backup_id: r for r in rows}
     out: list[Backup] = []
     node = next((r for r in rows if r.parent_backup_id is None), None)

@@ -8,9 +8,8 @@ from fastapi.responses import JSONResponse
 from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.backups import policies, retention, service
-from diskvault.backups.errors import InvalidRestoreTarget, NotSupportedHere
+from diskvault.backups.errors import NotSupportedHere
 from diskvault.backups.models import BackupStatus
-from diskvault.backups.restore import check_destination, check_nbd_target
 from diskvault.backups.schemas import (
     BackupOut,
     BackupStart,
@@ -152,29 +151,10 @@ def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
         policy = policies.get(db, body.policy)
         rules, max_length = dict(policy.retention), max_length or policy.max_chain_length
     if body.dry_run:
-        disks = sorted(
-            {
-                p.disk_index
-                for p in service.list_backups(
-                    db, PageParams(limit=100000), vm_name=body.vm_name, repository_id=repo.id
-                )[0]
-            }
+        disks = retention.simulate(
+            settings, db, repository_id=repo.id, vm=body.vm_name, rules=rules
         )
-        return {
-            "dry_run": True,
-            "disks": [
-                retention.prune(
-                    settings,
-                    db,
-                    repository_id=repo.id,
-                    vm=body.vm_name,
-                    disk=d,
-                    rules=rules,
-                    dry_run=True,
-                )
-                for d in disks
-            ],
-        }
+        return {"dry_run": True, "disks": disks}
     params = {
         "vm_name": body.vm_name,
         "repository_id": repo.id,
@@ -222,17 +202,7 @@ def restore(
     backup_id: str, body: RestoreRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
 ) -> Any:
     """Restore the whole disk to a new file, an NBD export or the image library."""
-    service.completed(db, backup_id, "restored")
-    if body.target == "file":
-        check_destination(settings, body.path or "")
-    elif body.target == "nbd":
-        if not body.url:
-            raise InvalidRestoreTarget(target="nbd", detail="give 'url'")
-        check_nbd_target(settings, body.url)
-    elif body.target == "image" and not body.image_name:
-        raise InvalidRestoreTarget(target="image", detail="give 'image_name'")
-    params = {"backup_id": backup_id, **body.model_dump()}
-    return service.submit(settings, "backup-restore", params, who.username)
+    return service.request_restore(settings, db, backup_id, body.model_dump(), who.username)
 
 
 # -- policies ------------------------------------------------------------------------

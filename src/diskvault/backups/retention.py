@@ -180,3 +180,17 @@ def _consolidate(
     if refused:
         refused += "; the next backup starts a new chain with a full"
     return {"merged": merged, "refused": refused}
+
+
+def simulate(
+    settings: Settings, session: Session, *, repository_id: str, vm: str, rules: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Every disk's keep/remove decisions for ``rules``, without changing anything."""
+    stmt = select(Backup.disk_index).where(
+        Backup.repository_id == repository_id, Backup.vm_name == vm
+    )
+    disks = sorted(set(session.scalars(stmt.distinct())))
+    return [
+        prune(settings, session, repository_id=repository_id, vm=vm, disk=d, rules=rules)
+        for d in disks
+    ]

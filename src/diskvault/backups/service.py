@@ -17,6 +17,7 @@ from diskvault.backups.chain import register_busy_check
 from diskvault.backups.errors import (
     BackupNotFound,
     InvalidRepository,
+    InvalidRestoreTarget,
     NotSupportedHere,
     PointNotReady,
     RepositoryExists,
@@ -37,6 +38,7 @@ from diskvault.backups.models import (
     find_named,
     insert_named,
 )
+from diskvault.backups.restore import check_destination, check_nbd_target
 from diskvault.backups.sources import SOURCES
 from diskvault.backups.verify import chain_to
 from diskvault.config import Settings
@@ -277,8 +279,10 @@ def chain_view(session: Session, vm_name: str, repository_id: str | None) -> dic
     if repository_id:
         stmt = stmt.where(BackupChain.repository_id == repository_id)
     out = []
-    for chain in session.scalars(stmt.order_by(BackupChain.disk_index, BackupChain.created_at)):
-        points = chains.ordered(session, chain.id)
+    rows = list(session.scalars(stmt.order_by(BackupChain.disk_index, BackupChain.created_at)))
+    ordered = chains.ordered_many(session, [c.id for c in rows])
+    for chain in rows:
+        points = ordered.get(chain.id, [])
         out.append(
             {
                 "chain_id": chain.id,
@@ -351,3 +355,20 @@ def request_delete(settings: Settings, session: Session, backup_id: str, owner: 
     touched = points[index : index + (3 if index == 0 else 2)]
     chains.guard(session, touched, points[index:])
     return submit(settings, "backup-delete", {"backup_id": backup_id}, owner)
+
+
+def request_restore(
+    settings: Settings, session: Session, backup_id: str, target: dict[str, Any], owner: str | None
+) -> Job:
+    """Queue restoring the whole disk to a new file, an NBD export or the image library."""
+    completed(session, backup_id, "restored")
+    kind = target.get("target")
+    if kind == "file":
+        check_destination(settings, target.get("path") or "")
+    elif kind == "nbd":
+        if not target.get("url"):
+            raise InvalidRestoreTarget(target="nbd", detail="give 'url'")
+        check_nbd_target(settings, target["url"])
+    elif kind == "image" and not target.get("image_name"):
+        raise InvalidRestoreTarget(target="image", detail="give 'image_name'")
+    return submit(settings, "backup-restore", {"backup_id": backup_id, **target}, owner)

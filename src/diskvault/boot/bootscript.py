@@ -23,6 +23,7 @@ from diskvault.boot.models import BootSession, Machine, MachineMode, MachineStat
 from diskvault.config import Settings
 from diskvault.errors import DiskvaultError
 from diskvault.targets.iqn import parse_portal
+from diskvault.targets.models import Target
 from diskvault.tools import ipxe
 
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+$|^\[[0-9A-Fa-f:.]+\]$")
@@ -165,6 +166,10 @@ def answer(
         except DiskvaultError as exc:
             return _retry(settings, f"{machine.name} cannot boot: {exc.message}")
         _open_session(session, machine, client)
+    return _sanboot(machine, target, server)
+
+
+def _sanboot(machine: Machine, target: Target, server: str) -> str:
     _, port = parse_portal(target.portal)
     return ipxe.sanboot_script(
         server=server,
@@ -175,3 +180,11 @@ def answer(
         banner=f"diskvault: {machine.name} boots image version {machine.layer_version} "
         f"({machine.mode.value} mode)",
     )
+
+
+def preview(session: Session, settings: Settings, machine: Machine, *, server: str) -> str:
+    """The script ``machine`` gets at its next boot, without booting it (no session opened)."""
+    target = service.target_of(session, machine)
+    if target is None:
+        return _retry(settings, f"{machine.name} has no disk yet ({machine.status.value})")
+    return _sanboot(machine, target, server)

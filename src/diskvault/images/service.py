@@ -112,6 +112,15 @@ def get(session: Session, image_id: str) -> Image:
     return image
 
 
+SORTS: dict[str, Any] = {
+    "created": Image.created_at,
+    "name": Image.name,
+    "size": Image.file_size,
+    "status": Image.status,
+    "format": Image.format,
+}
+
+
 def list_images(
     session: Session,
     params: PageParams,
@@ -119,8 +128,14 @@ def list_images(
     status: ImageStatus | None = None,
     fmt: str | None = None,
     image_type: ImageType | None = None,
+    name: str | None = None,
+    sort: str = "-created",
 ) -> tuple[list[Image], int]:
-    stmt = select(Image).order_by(Image.created_at.desc(), Image.id)
+    """``sort`` is a key of SORTS, with a leading ``-`` for descending order."""
+    column = SORTS.get(sort.lstrip("-"), Image.created_at)
+    stmt = select(Image).order_by(column.desc() if sort.startswith("-") else column, Image.id)
+    if name:
+        stmt = stmt.where(Image.name.contains(name, autoescape=True))
     if status is not None:
         stmt = stmt.where(Image.status == status)
     if fmt:

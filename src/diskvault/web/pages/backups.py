@@ -1,0 +1,126 @@
+"""Backups: sources and repositories, chain pictures, start, verify, delete, prune simulator."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from diskvault.api.deps import DbDep, SettingsDep
+from diskvault.api.pagination import PageParams
+from diskvault.backups import policies, retention, service
+from diskvault.backups.schemas import BackupStart, PolicyCreate, RestoreRequest, Retention
+from diskvault.web import overview, svg
+from diskvault.web.pages.common import ListDep, parse
+from diskvault.web.render import back_to, redirect, render
+from diskvault.web.session import OperatorWriterDep, ReaderDep
+
+router = APIRouter()
+ALL = PageParams(limit=1000)
+
+
+@router.get("/backups")
+def backups(request: Request, who: ReaderDep, db: DbDep) -> Response:
+    sources, _ = service.list_sources(db, ALL)
+    repos, _ = service.list_repositories(db, ALL)
+    context = {
+        "sources": sources,
+        "stats": overview.source_stats(db),
+        "repositories": repos,
+        "policies": policies.list_policies(db, ALL)[0],
+    }
+    return render(request, "backups.html", who, context)
+
+
+@router.get("/backups/{name}")
+def source_detail(
+    request: Request, name: str, who: ReaderDep, db: DbDep, settings: SettingsDep, lq: ListDep
+) -> Response:
+    source = service.get_source(db, name)
+    points, total = service.list_backups(db, lq.page, vm_name=source.name)
+    mounted = overview.mounted_points(db)
+    rules = {k: request.query_params.get(k, "") for k in retention.RULES}
+    simulation = None
+    if any(rules.values()):
+        chosen = parse(Retention, rules).model_dump(exclude_none=True)
+        repo = service.local_repository(settings, db, request.query_params.get("repository"))
+        simulation = retention.simulate(
+            settings, db, repository_id=repo.id, vm=source.name, rules=chosen
+        )
+    context = {
+        **lq.out(points, total),
+        "source": source,
+        "chain": svg.chain(service.chain_view(db, source.name, None), mounted),
+        "mounted": mounted,
+        "children": overview.children_of(db, points),
+        "sizes": svg.columns(overview.point_sizes(db, source.name)),
+        "rules": rules,
+        "simulation": simulation,
+        "repositories": service.list_repositories(db, ALL)[0],
+    }
+    return render(request, "backup_source.html", who, context)
+
+
+@router.post("/backups/policies")
+def create_policy(who: OperatorWriterDep, db: DbDep, settings: SettingsDep) -> Response:
+    form = dict(who.form)
+    form["sources"] = [s for s in who.form_lists.get("sources", []) if s]
+    body = parse(PolicyCreate, form)
+    policies.create(settings, db, body.model_dump())
+    return redirect("/backups", ("info", f"Policy {body.name} created."))
+
+
+@router.post("/backups/start")
+def start_backup(who: OperatorWriterDep, db: DbDep, settings: SettingsDep) -> Response:
+    body = parse(BackupStart, who.form)
+    job = service.start(
+        settings,
+        db,
+        vm_name=body.vm_name,
+        backup_type=body.backup_type,
+        repository=body.repository,
+        owner=who.principal.username,
+        speed=body.speed,
+    )
+    return redirect(f"/jobs/{job.id}", ("info", f"Backup of {body.vm_name} started."))
+
+
+@router.post("/backups/points/{backup_id}/verify")
+def verify_point(
+    request: Request, backup_id: str, who: OperatorWriterDep, db: DbDep, settings: SettingsDep
+) -> Response:
+    service.completed(db, backup_id, "verified")
+    job = service.submit(
+        settings, "backup-verify", {"backup_id": backup_id}, who.principal.username
+    )
+    return redirect(f"/jobs/{job.id}", ("info", "Verifying the restore point."))
+
+
+@router.post("/backups/points/{backup_id}/delete")
+def delete_point(
+    request: Request, backup_id: str, who: OperatorWriterDep, db: DbDep, settings: SettingsDep
+) -> Response:
+    job = service.request_delete(settings, db, backup_id, who.principal.username)
+    return redirect(f"/jobs/{job.id}", ("info", "Deleting the restore point."))
+
+
+@router.post("/backups/policies/{ref}/run")
+def run_policy(
+    request: Request, ref: str, who: OperatorWriterDep, db: DbDep, settings: SettingsDep
+) -> Response:
+    policies.run_now(settings, db, policies.get(db, ref), who.principal.username)
+    return redirect(back_to(request, who, "/backups"), ("info", f"Policy {ref} started."))
+
+
+@router.post("/backups/restore")
+def restore_point(who: OperatorWriterDep, db: DbDep, settings: SettingsDep) -> Response:
+    form = who.form
+    kind = form.get("target", "")
+    where = {"file": "path", "nbd": "url", "image": "image_name"}.get(kind)
+    fields = {"target": kind, "format": form.get("format", "")}
+    if where:
+        fields[where] = form.get("destination", "")
+    body = parse(RestoreRequest, fields)
+    backup_id = form.get("backup_id", "")
+    job = service.request_restore(
+        settings, db, backup_id, body.model_dump(), who.principal.username
+    )
+    return redirect(f"/jobs/{job.id}", ("info", f"Restoring to {kind}."))

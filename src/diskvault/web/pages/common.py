@@ -1,0 +1,65 @@
+"""What every page handler shares: list parameters and turning form fields into schemas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Query
+from pydantic import BaseModel, ValidationError
+
+from diskvault.api.pagination import PageParams
+from diskvault.errors import BadRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    page: PageParams
+    sort: str
+    q: str
+
+    def out(self, items: list[Any], total: int) -> dict[str, Any]:
+        return {
+            "items": items,
+            "total": total,
+            "limit": self.page.limit,
+            "offset": self.page.offset,
+            "sort": self.sort,
+            "q": self.q,
+        }
+
+
+def list_query(
+    limit: int = Query(50, ge=1, le=200),
+    offset: int = Query(0, ge=0, le=10**9),
+    sort: str = Query("", max_length=32, pattern=r"^-?[a-z_]*$"),
+    q: str = Query("", max_length=200),
+) -> ListQuery:
+    return ListQuery(PageParams(limit=limit, offset=offset), sort, q.strip())
+
+
+ListDep = Annotated[ListQuery, Depends(list_query)]
+
+
+class InvalidForm(BadRequest):
+    status = 422
+    title = "Invalid form"
+    template = "{detail}"
+
+
+def parse(model: type[M], form: dict[str, Any], **extra: Any) -> M:
+    """Validate form fields with the API's own request schema; empty fields count as absent."""
+    data = {k: v for k, v in form.items() if v != "" and k not in ("csrf", "next")}
+    try:
+        return model.model_validate({**data, **extra})
+    except ValidationError as exc:
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise InvalidForm("; ".join(parts)) from None
+
+
+def checkbox(form: dict[str, Any], name: str) -> bool:
+    return form.get(name) in ("on", "true", "1")

@@ -1,0 +1,122 @@
+"""Console pages that change things, in-process: each goes through the domain's service."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from diskvault.backups import service
+from diskvault.backups.models import (
+    Backup,
+    BackupChain,
+    BackupPolicy,
+    BackupRepository,
+    BackupSource,
+    BackupStatus,
+    BackupType,
+    RepositoryKind,
+    SourceKind,
+)
+from diskvault.config import Settings
+from diskvault.db.engine import session_scope
+from support.console import sign_in
+
+
+def _source(settings: Settings, name: str) -> None:
+    with session_scope(settings.DATABASE_URL) as s:
+        s.add(BackupSource(name=name, kind=SourceKind.qcow2, config={"path": f"/vm/{name}.qcow2"}))
+
+
+def test_policy_with_two_sources_shows_its_next_run(
+    app_client: TestClient, settings: Settings
+) -> None:
+    _source(settings, "vm-a")
+    _source(settings, "vm-b")
+    csrf = sign_in(app_client)
+    resp = app_client.post(
+        "/backups/policies",
+        data={
+            "csrf": csrf,
+            "name": "nightly",
+            "sources": ["vm-a", "vm-b"],
+            "schedule": "0 2 * * *",
+            "keep_last": "7",
+            "keep_daily": "",
+        },
+        follow_redirects=False,
+    )
+    assert resp.status_code == 303, resp.text
+    assert "Policy nightly created." in app_client.get(resp.headers["location"]).text
+    with session_scope(settings.DATABASE_URL) as s:
+        policy = s.scalar(select(BackupPolicy).where(BackupPolicy.name == "nightly"))
+        assert policy is not None
+        assert policy.sources == ["vm-a", "vm-b"] and policy.retention == {"keep_last": 7}
+    dashboard = app_client.get("/").text
+    assert "nightly" in dashboard and "0 2 * * *" in dashboard
+
+
+def test_bad_cron_comes_back_inline_and_creates_nothing(
+    app_client: TestClient, settings: Settings
+) -> None:
+    _source(settings, "vm-a")
+    csrf = sign_in(app_client)
+    resp = app_client.post(
+        "/backups/policies",
+        data={"csrf": csrf, "name": "bad", "sources": "vm-a", "schedule": "every night"},
+        headers={"referer": "http://testserver/backups"},
+    )
+    assert resp.status_code == 200 and resp.url.path == "/backups"
+    assert "every night" in resp.text and "flash error" in resp.text
+    with session_scope(settings.DATABASE_URL) as s:
+        assert s.scalar(select(BackupPolicy)) is None
+
+
+def test_prune_simulator_rejects_negative_counts(
+    app_client: TestClient, settings: Settings
+) -> None:
+    _source(settings, "vm-a")
+    sign_in(app_client)
+    resp = app_client.get("/backups/vm-a?keep_last=-1")
+    assert resp.status_code == 422 and "keep_last" in resp.text
+    ok = app_client.get("/backups/vm-a?keep_last=2")
+    assert ok.status_code == 200 and "Disk " not in ok.text  # no points: nothing to decide
+
+
+def test_source_page_draws_every_chain_in_link_order(
+    app_client: TestClient, settings: Settings
+) -> None:
+    _source(settings, "vm-a")
+    now = datetime.now(UTC)
+    with session_scope(settings.DATABASE_URL) as s:
+        repo = BackupRepository(name="r", kind=RepositoryKind.local, path="/nonexistent")
+        s.add(repo)
+        s.flush()
+        for c in range(2):
+            chain = BackupChain(repository_id=repo.id, vm_name="vm-a", disk_index=0)
+            s.add(chain)
+            s.flush()
+            parent = None
+            for p in range(3):
+                row = Backup(
+                    vm_name="vm-a",
+                    repository_id=repo.id,
+                    chain_id=chain.id,
+                    backup_type=BackupType.full if p == 0 else BackupType.incremental,
+                    status=BackupStatus.completed,
+                    parent_backup_id=parent,
+                    file_size=1 + p,
+                    created_at=now - timedelta(hours=10 * c + p),  # newer rows come first
+                )
+                s.add(row)
+                s.flush()
+                parent = row.id
+    with session_scope(settings.DATABASE_URL) as s:
+        view = service.chain_view(s, "vm-a", None)
+    assert [[p["backup_type"] for p in c["points"]] for c in view["chains"]] == [
+        ["full", "incremental", "incremental"]
+    ] * 2
+    sign_in(app_client)
+    html = app_client.get("/backups/vm-a").text
+    assert html.count('class="point"') == 6 and html.count('data-kind="full"') == 2
