@@ -9,7 +9,7 @@ from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, Setti
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.backups import policies, retention, service
 from diskvault.backups.errors import InvalidRestoreTarget, NotSupportedHere
-from diskvault.backups.models import BackupStatus
+from diskvault.backups.models import BackupStatus, SourceKind
 from diskvault.backups.restore import check_destination
 from diskvault.backups.schemas import (
     BackupOut,
@@ -42,8 +42,11 @@ def _page(items: list[Any], total: int, page: PageParams) -> dict[str, Any]:
 
 @router.post("/sources", response_model=SourceOut, status_code=201, summary="Register a source")
 def create_source(body: SourceCreate, _: AdminDep, db: DbDep) -> Any:
-    extra = body.model_dump(exclude={"name", "kind"})
-    return service.create_source(db, body.name, body.kind, extra)
+    """Each kind takes its own fields (see the request schemas); its disks must exist
+    and be readable now, unless ``unverified`` says they cannot be checked yet."""
+    config = body.model_dump(exclude={"name", "kind", "unverified"}, exclude_none=True)
+    kind = SourceKind(body.kind)
+    return service.create_source(db, body.name, kind, config, unverified=body.unverified)
 
 
 @router.get("/sources", response_model=Page[SourceOut])

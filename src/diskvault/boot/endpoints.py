@@ -4,7 +4,7 @@ import math
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi import status as http
 from fastapi.responses import PlainTextResponse
 
@@ -26,6 +26,7 @@ from diskvault.boot.schemas import (
 from diskvault.config import Settings
 from diskvault.errors import DiskvaultError
 from diskvault.images import service as images
+from diskvault.schemas_base import MAX_INT
 from diskvault.tools import ipxe
 
 log = structlog.get_logger("diskvault.boot")
@@ -33,6 +34,7 @@ router = APIRouter(prefix="/api/v1", tags=["boot"])
 public_router = APIRouter(tags=["boot"])
 PageDep = Annotated[PageParams, Depends(page_params)]
 ForceQuery = Annotated[bool, Query(description="delete even while the machine is booted")]
+VersionPath = Annotated[int, Path(ge=1, le=MAX_INT, description="an image version number")]
 
 
 def _limiter(request: Request, settings: Settings) -> bootscript.RateLimiter:
@@ -231,7 +233,7 @@ def list_versions(
     response_model=VersionOut,
     summary="Make an earlier version current (machines boot it from their next boot)",
 )
-def rollback_version(image_id: str, version: int, _: OperatorDep, db: DbDep) -> Any:
+def rollback_version(image_id: str, version: VersionPath, _: OperatorDep, db: DbDep) -> Any:
     images.get(db, image_id)
     return _version_out(db, versions.rollback(db, image_id, version))
 
@@ -243,7 +245,7 @@ def rollback_version(image_id: str, version: int, _: OperatorDep, db: DbDep) -> 
     summary="Delete a version (409 while current or a machine's layer sits on it)",
 )
 def delete_version(
-    image_id: str, version: int, _: OperatorDep, db: DbDep, settings: SettingsDep
+    image_id: str, version: VersionPath, _: OperatorDep, db: DbDep, settings: SettingsDep
 ) -> Response:
     versions.delete_version(db, settings, image_id, version)
     return Response(status_code=http.HTTP_204_NO_CONTENT)

@@ -3,9 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from diskvault.images.models import ImageStatus, ImageType
+from diskvault.schemas_base import MAX_SIZE, PathStr, RequestModel
 
 TargetFormat = Literal["raw", "qcow2", "vmdk", "vhdx"]
 AutoTarget = Literal["raw", "qcow2"]
@@ -33,10 +34,8 @@ class ImageOut(BaseModel):
     updated_at: datetime
 
 
-class ImageImport(BaseModel):
-    path: str | None = Field(
-        default=None, max_length=4096, description="a file inside IMPORT_ROOTS"
-    )
+class ImageImport(RequestModel):
+    path: PathStr | None = Field(default=None, description="a file inside IMPORT_ROOTS")
     url: str | None = Field(default=None, max_length=4096, description="an http(s) URL")
     name: str | None = Field(default=None, min_length=1, max_length=200)
     image_type: ImageType = ImageType.system
@@ -50,13 +49,18 @@ class ImageImport(BaseModel):
         return self
 
 
-class ConvertRequest(BaseModel):
+class ConvertRequest(RequestModel):
     target_format: TargetFormat
     compress: bool = Field(default=False, description="qcow2 only: compressed clusters")
 
 
-class ResizeRequest(BaseModel):
-    size: int = Field(gt=0, description="new virtual size in bytes, a multiple of 512")
+class ResizeRequest(RequestModel):
+    size: StrictInt = Field(
+        gt=0,
+        le=MAX_SIZE,
+        description="new virtual size in bytes, a multiple of 512, at most "
+        "DISKVAULT_MAX_VIRTUAL_SIZE (checked when the job is asked for)",
+    )
     force: bool = Field(default=False, description="allow shrinking when the data fits")
 
     @model_validator(mode="after")

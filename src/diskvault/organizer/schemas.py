@@ -7,12 +7,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from diskvault.jobs.models import JobStatus
 from diskvault.organizer.models import OperationType, RecordState
+from diskvault.schemas_base import RequestModel
 
 
-class OperationCreate(BaseModel):
+class OperationCreate(RequestModel):
     """One body for every operation type; each type reads the fields it needs."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["scan", "dupes", "plan", "apply", "dedupe", "import"]
     location: str | None = Field(default=None, max_length=2000)
     destination: str | None = Field(default=None, max_length=2000)

@@ -25,7 +25,9 @@ PageDep = Annotated[PageParams, Depends(page_params)]
 PathQuery = Annotated[str, Query(max_length=4096, description="path inside the partition")]
 PartitionQuery = Annotated[
     int | None,
-    Query(ge=0, description="partition index; default: the first mounted one holding the path"),
+    Query(
+        ge=0, le=128, description="partition index; default: the first mounted one holding the path"
+    ),
 ]
 
 
