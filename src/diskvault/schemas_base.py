@@ -15,7 +15,15 @@ import types
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+)
 
 MAX_INT = 2**31  # offsets, counts, versions: far above any real value, far below 2^63
 MAX_DAYS = 36500  # a hundred years
@@ -64,9 +72,21 @@ def _no_nul_within(value: Any) -> Any:
 # A filesystem path as given by a client: bounded, and never with a NUL (the OS
 # would refuse it deep inside a service with a ValueError).
 PathStr = Annotated[str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(no_nul)]
-# Strict: JSON ``true`` or ``"7"`` is not a number of days or items.
-Count = Annotated[int, Strict(), Field(ge=0, le=MAX_INT)]
-PositiveInt = Annotated[int, Strict(), Field(ge=1, le=MAX_INT)]
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON ``true`` or ``"7"`` is not a number (pydantic's lax mode would take both);
+    ``7.0`` is, as JSON Schema's ``integer`` says."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be an integer (a JSON number, not a string or boolean)")
+    return value
+
+
+JSON_INT = BeforeValidator(_json_integer)
+JsonInt = Annotated[int, JSON_INT]
+# Bounds before the validator, or pydantic leaves them out of the JSON schema.
+Count = Annotated[int, Field(ge=0, le=MAX_INT), JSON_INT]
+PositiveInt = Annotated[int, Field(ge=1, le=MAX_INT), JSON_INT]
 Days = Annotated[float, Strict(), Field(ge=0, le=MAX_DAYS, allow_inf_nan=False)]
 
 
@@ -195,12 +215,14 @@ def describe(err: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "JSON_INT",
     "MAX_DAYS",
     "MAX_INT",
     "MAX_SIZE",
     "READ_ONLY",
     "Count",
     "Days",
+    "JsonInt",
     "PathStr",
     "PositiveInt",
     "RequestModel",

@@ -14,14 +14,14 @@ from typing import Any
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-Table = list[tuple[re.Pattern[str], frozenset[str]]]
+Table = list[tuple[re.Pattern[str], int, frozenset[str]]]
 
 
 def _table(app: Any) -> Table:
     table: Table | None = getattr(app.state, "options_table", None)
     if table is None:
         table = [
-            (compile_path(path)[0], frozenset(m.upper() for m in ops))
+            (compile_path(path)[0], path.count("{"), frozenset(m.upper() for m in ops))
             for path, ops in app.openapi().get("paths", {}).items()
         ]
         app.state.options_table = table
@@ -29,9 +29,13 @@ def _table(app: Any) -> Table:
 
 
 def allowed(app: Any, path: str) -> set[str]:
+    """The methods of the most specific documented path matching: ``/backup/chain``
+    is its own resource, not ``/backup/{backup_id}``."""
+    matches = [(params, ops) for regex, params, ops in _table(app) if regex.match(path)]
+    fewest = min((params for params, _ in matches), default=0)
     methods: set[str] = set()
-    for regex, ops in _table(app):
-        if regex.match(path):
+    for params, ops in matches:
+        if params == fewest:
             methods |= ops
     if "GET" in methods:
         methods.add("HEAD")

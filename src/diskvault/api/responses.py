@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from diskvault.api.problems import MEDIA_TYPE
-from diskvault.errors import DiskvaultError
+from diskvault.auth.errors import InvalidCredentials, InvalidToken, MissingToken, RoleRequired
+from diskvault.errors import DiskvaultError, PayloadTooLarge
 
 VALIDATION_TYPE = "urn:diskvault:error:validation"
 
@@ -55,8 +56,12 @@ def _slug(cls: type[DiskvaultError]) -> str:
 
 
 def problems(*specs: Spec) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses`` for these errors (see the module docstring)."""
-    by_status: dict[int, set[str]] = {}
+    """The OpenAPI ``responses`` for these errors (see the module docstring), plus
+    what every route can answer: no or a bad token, a role too low, a body too
+    large, invalid input (unknown fields and query parameters included)."""
+    by_status: dict[int, set[str]] = {400: set(), 422: set()}  # 400: a body that is not JSON
+    for common in (InvalidCredentials, InvalidToken, MissingToken, RoleRequired, PayloadTooLarge):
+        by_status.setdefault(common.status, set()).add(_slug(common))
     for spec in specs:
         found = _classes(spec)
         if isinstance(found, int):
@@ -64,6 +69,8 @@ def problems(*specs: Spec) -> dict[int | str, dict[str, Any]]:
             continue
         for cls in found:
             by_status.setdefault(cls.status, set()).add(_slug(cls))
+    if 422 in by_status:  # whatever else a route refuses, invalid input is refused too
+        by_status[422].add(VALIDATION_TYPE)
     out: dict[int | str, dict[str, Any]] = {}
     for status in sorted(by_status):
         phrase = HTTPStatus(status).phrase
@@ -76,10 +83,4 @@ def problems(*specs: Spec) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-# Every route: no or a bad token, a role too low, a body too large, invalid input
-# (an unknown field or query parameter included).
-COMMON = problems(401, 403, 413, 422)
-COMMON[422]["description"] = (
-    f"Unprocessable Content: {VALIDATION_TYPE} (each error in `errors`; unknown fields "
-    "and query parameters are refused, with a did-you-mean)"
-)
+COMMON = problems()  # for the application: routes outside any domain router

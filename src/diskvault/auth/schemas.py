@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from diskvault.auth.models import Role
-from diskvault.schemas_base import RequestModel
+from diskvault.schemas_base import JSON_INT, RequestModel
 
 
 class LoginRequest(RequestModel):
@@ -41,13 +42,13 @@ class UserOut(BaseModel):
 
 class UserUpdate(RequestModel):
     role: Role | None = None
-    is_active: bool | None = None
+    is_active: StrictBool | None = None
     password: str | None = Field(default=None, min_length=8, max_length=1024)
 
 
 class ApiTokenCreate(RequestModel):
     name: str = Field(min_length=1, max_length=100)
-    expires_days: StrictInt | None = Field(default=None, ge=1, le=3650)
+    expires_days: Annotated[int, Field(ge=1, le=3650), JSON_INT] | None = None
 
 
 class ApiTokenOut(BaseModel):

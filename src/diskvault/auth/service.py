@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from diskvault.api.pagination import PageParams, paginate
@@ -16,6 +16,7 @@ from diskvault.auth.errors import (
     AdminRequiredForSignup,
     InvalidCredentials,
     InvalidToken,
+    LastAdmin,
     UserExists,
 )
 from diskvault.auth.models import ApiToken, AuditLog, Role, User
@@ -148,6 +149,9 @@ def update_user(
     password: str | None,
 ) -> User:
     user = get_user(session, user_id)
+    demoted = (role is not None and role != Role.admin) or is_active is False
+    if demoted and user.role == Role.admin and user.is_active and _active_admins(session) <= 1:
+        raise LastAdmin(username=user.username)
     if role is not None:
         user.role = role
     if is_active is not None:
@@ -157,6 +161,11 @@ def update_user(
         user.token_version += 1
     session.commit()
     return user
+
+
+def _active_admins(session: Session) -> int:
+    where = (User.role == Role.admin) & User.is_active.is_(True)
+    return session.scalar(select(func.count()).select_from(User).where(where)) or 0
 
 
 def list_users(session: Session, params: PageParams) -> tuple[list[User], int]:

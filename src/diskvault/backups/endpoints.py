@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 
 from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
-from diskvault.backups import policies, retention, service
+from diskvault.api.responses import problems
+from diskvault.backups import errors, policies, retention, service
 from diskvault.backups.errors import InvalidRestoreTarget, NotSupportedHere
 from diskvault.backups.models import BackupStatus, SourceKind
 from diskvault.backups.restore import check_destination
@@ -27,8 +28,9 @@ from diskvault.backups.schemas import (
     SourceOut,
 )
 from diskvault.jobs.schemas import JobOut
+from diskvault.storage import errors as storage_errors
 
-router = APIRouter(prefix="/api/v1", tags=["backups"])
+router = APIRouter(prefix="/api/v1", tags=["backups"], responses=problems(errors, storage_errors))
 PageDep = Annotated[PageParams, Depends(page_params)]
 ACCEPTED = status.HTTP_202_ACCEPTED
 

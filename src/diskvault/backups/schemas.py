@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, computed_field
 
 from diskvault.backups.models import BackupStatus, BackupType, RepositoryKind, SourceKind
 from diskvault.schemas_base import Count, Days, PathStr, PositiveInt, RequestModel
@@ -18,7 +18,7 @@ class _SourceCreate(RequestModel):
     """Fields every kind takes; each kind's own model adds its strict config."""
 
     name: str = Field(pattern=NAME)
-    unverified: bool = Field(
+    unverified: StrictBool = Field(
         default=False,
         description="add it even though its disks cannot be checked now (they must "
         "otherwise exist and be readable, or answer)",
@@ -89,7 +89,7 @@ class RepositoryCreate(RequestModel):
         default=None, max_length=4096, description="s3: s3://bucket/prefix?endpoint_url=..."
     )
     immutability_days: Days = 0.0
-    attach: bool = Field(default=False, description="rebuild chains from existing sidecars")
+    attach: StrictBool = Field(default=False, description="rebuild chains from existing sidecars")
 
 
 class RepositoryOut(BaseModel):
@@ -200,7 +200,7 @@ class PruneRequest(Retention):
     repository: Text | None = None
     policy: Text | None = Field(default=None, description="use this policy's rules")
     max_chain_length: PositiveInt | None = None
-    dry_run: bool = True
+    dry_run: StrictBool = True
 
 
 class CopyRequest(RequestModel):
@@ -230,7 +230,7 @@ class PolicyCreate(Retention):
     immutability_days: Days = 0.0
     verify_schedule: Text | None = None
     copy_to: Text | None = Field(default=None, description="repository for a second copy")
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class PolicyOut(BaseModel):

@@ -11,7 +11,8 @@ from fastapi.responses import PlainTextResponse
 from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.problems import problem_response
-from diskvault.boot import bootscript, service, sessions, versions
+from diskvault.api.responses import problems
+from diskvault.boot import bootscript, errors, service, sessions, versions
 from diskvault.boot.errors import BootRateLimited
 from diskvault.boot.schemas import (
     ApplyAccepted,
@@ -24,14 +25,17 @@ from diskvault.boot.schemas import (
     VersionOut,
 )
 from diskvault.config import Settings
-from diskvault.errors import DiskvaultError
+from diskvault.errors import DiskvaultError, NotFound
+from diskvault.images import errors as image_errors
 from diskvault.images import service as images
 from diskvault.schemas_base import MAX_INT
+from diskvault.targets import errors as target_errors
 from diskvault.tools import ipxe
 
 log = structlog.get_logger("diskvault.boot")
-router = APIRouter(prefix="/api/v1", tags=["boot"])
-public_router = APIRouter(tags=["boot"])
+DECLARED = problems(errors, image_errors, target_errors, NotFound)
+router = APIRouter(prefix="/api/v1", tags=["boot"], responses=DECLARED)
+public_router = APIRouter(tags=["boot"], responses=DECLARED)
 PageDep = Annotated[PageParams, Depends(page_params)]
 ForceQuery = Annotated[bool, Query(description="delete even while the machine is booted")]
 VersionPath = Annotated[int, Path(ge=1, le=MAX_INT, description="an image version number")]

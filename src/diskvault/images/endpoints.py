@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from diskvault.api.deps import DbDep, PrincipalDep, SettingsDep, bearer_token
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.problems import problem_response
+from diskvault.api.responses import problems
 from diskvault.auth import service as auth_service
 from diskvault.auth.errors import MissingToken, RoleRequired
 from diskvault.auth.models import Role
@@ -17,7 +18,7 @@ from diskvault.auth.service import Principal
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.errors import DiskvaultError
-from diskvault.images import download, importer, service, sparse, upload
+from diskvault.images import download, errors, importer, service, sparse, upload
 from diskvault.images.errors import InsufficientSpace, RangeNotSatisfiable, UploadTooLarge
 from diskvault.images.models import Image, ImageStatus, ImageType
 from diskvault.images.schemas import (
@@ -29,8 +30,11 @@ from diskvault.images.schemas import (
     ResizeRequest,
 )
 from diskvault.images.store import ImageStore
+from diskvault.storage import errors as storage_errors
 
-router = APIRouter(prefix="/api/v1/images", tags=["images"])
+router = APIRouter(
+    prefix="/api/v1/images", tags=["images"], responses=problems(errors, storage_errors)
+)
 PageDep = Annotated[PageParams, Depends(page_params)]
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from diskvault.images.models import ImageStatus, ImageType
-from diskvault.schemas_base import MAX_SIZE, PathStr, RequestModel
+from diskvault.schemas_base import MAX_SIZE, JsonInt, PathStr, RequestModel
 
 TargetFormat = Literal["raw", "qcow2", "vmdk", "vhdx"]
 AutoTarget = Literal["raw", "qcow2"]
@@ -51,23 +51,18 @@ class ImageImport(RequestModel):
 
 class ConvertRequest(RequestModel):
     target_format: TargetFormat
-    compress: bool = Field(default=False, description="qcow2 only: compressed clusters")
+    compress: StrictBool = Field(default=False, description="qcow2 only: compressed clusters")
 
 
 class ResizeRequest(RequestModel):
-    size: StrictInt = Field(
+    size: JsonInt = Field(
         gt=0,
         le=MAX_SIZE,
+        multiple_of=512,
         description="new virtual size in bytes, a multiple of 512, at most "
         "DISKVAULT_MAX_VIRTUAL_SIZE (checked when the job is asked for)",
     )
-    force: bool = Field(default=False, description="allow shrinking when the data fits")
-
-    @model_validator(mode="after")
-    def _aligned(self) -> ResizeRequest:
-        if self.size % 512:
-            raise ValueError("size must be a multiple of 512 bytes")
-        return self
+    force: StrictBool = Field(default=False, description="allow shrinking when the data fits")
 
 
 class ConversionStatus(BaseModel):

@@ -10,15 +10,16 @@ from sqlalchemy.orm import Session
 
 from diskvault.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
+from diskvault.api.responses import problems
 from diskvault.auth import service as auth_service
 from diskvault.config import Settings
 from diskvault.db.engine import session_factory
 from diskvault.errors import DiskvaultError, Forbidden
-from diskvault.jobs import registry, service
+from diskvault.jobs import errors, registry, service
 from diskvault.jobs.models import Job, JobStatus
 from diskvault.jobs.schemas import JobOut, JobStats, JobSubmit
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=problems(errors, Forbidden))
 ws_router = APIRouter(tags=["jobs"])
 PageDep = Annotated[PageParams, Depends(page_params)]
 WS_PROGRESS_INTERVAL_S = 0.4  # the issue promises a message at least every 500 ms

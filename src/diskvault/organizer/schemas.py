@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from diskvault.jobs.models import JobStatus
 from diskvault.organizer.models import OperationType, RecordState
@@ -19,7 +19,9 @@ class OperationCreate(RequestModel):
     rules: str | dict[str, Any] | list[Any] | None = Field(
         default=None, description="YAML or JSON text, or the decoded object"
     )
-    dry_run: bool = Field(default=False, description="plan only: compute and show, touch nothing")
+    dry_run: StrictBool = Field(
+        default=False, description="plan only: compute and show, touch nothing"
+    )
     plan_id: str | None = Field(default=None, max_length=32, description="apply: the plan to run")
     strategy: Literal["delete", "hardlink", "quarantine"] = "quarantine"
     keep: Literal["oldest", "newest", "shortest", "first"] = "oldest"

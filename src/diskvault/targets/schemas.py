@@ -5,7 +5,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from diskvault.schemas_base import PathStr, RequestModel
+from diskvault.schemas_base import JsonInt, PathStr, RequestModel
 from diskvault.targets.models import TargetStatus
 
 
@@ -33,7 +33,7 @@ class TargetCreate(RequestModel):
     portal: str | None = Field(
         default=None, max_length=262, description="ip:port; default DISKVAULT_ISCSI_PORTAL"
     )
-    lun: int = Field(default=1, ge=1, le=255, description="LUN 0 is tgt's controller")
+    lun: JsonInt = Field(default=1, ge=1, le=255, description="LUN 0 is tgt's controller")
     machine_id: str | None = Field(default=None, max_length=32)
 
     @model_validator(mode="after")
