@@ -186,7 +186,7 @@ def model_at(root: Any, loc: Sequence[str | int]) -> type[BaseModel] | None:
     return tp if _is_model(tp) else None
 
 
-def explain(errors: Iterable[dict[str, Any]], root: Any, prefix: int = 0) -> list[dict[str, Any]]:
+def explain(errors: Iterable[Any], root: Any, prefix: int = 0) -> list[dict[str, Any]]:
     """pydantic errors with every unknown field's message made helpful.
 
     ``root`` is the type validated; ``prefix`` location parts (such as ``body``)
