@@ -148,7 +148,14 @@ def chain(
     return service.chain_view(db, vm_name, repo_id)
 
 
-@router.post("/backup/prune", summary="Prune, or simulate with dry_run (the default)")
+@router.post(
+    "/backup/prune",
+    summary="Prune, or simulate with dry_run (the default)",
+    responses={
+        200: {"description": "dry_run (the default): what each disk's prune would keep"},
+        202: {"model": JobOut, "description": "dry_run false: the prune job"},
+    },
+)
 def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
     repo = service.local_repository(settings, db, body.repository)
     rules = body.model_dump(include=set(retention.RULES))

@@ -30,7 +30,8 @@ class PathDisk(RequestModel):
 
 
 class PathSourceCreate(_SourceCreate):
-    """qcow2 and raw: files or block devices on this host, by absolute path."""
+    """qcow2 and raw: files or block devices on this host, by absolute path; give
+    ``disks`` or ``path`` (422 otherwise)."""
 
     kind: Literal["qcow2", "raw"]
     disks: list[PathStr | PathDisk] | None = Field(default=None, min_length=1, max_length=64)
@@ -43,6 +44,8 @@ class NbdDisk(RequestModel):
 
 
 class NbdSourceCreate(_SourceCreate):
+    """Give ``url`` (and ``bitmap``) for one disk, or ``disks`` (422 otherwise)."""
+
     kind: Literal["nbd"]
     url: Text | None = Field(default=None, description="nbd:// or nbd+unix://...?socket=")
     bitmap: Text | None = None
@@ -196,6 +199,8 @@ class Retention(RequestModel):
 
 
 class PruneRequest(Retention):
+    """The ``keep_*`` rules given, or a ``policy``'s rules (which then replace them)."""
+
     vm_name: Text
     repository: Text | None = None
     policy: Text | None = Field(default=None, description="use this policy's rules")

@@ -220,6 +220,10 @@ def resize_image(
     "/{image_id}/download",
     response_class=Response,
     summary="Download the image file; a single HTTP Range is honoured (206)",
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+        206: {"content": {"application/octet-stream": {}}, "description": "the Range asked"},
+    },
 )
 def download_image(
     image_id: str, request: Request, _: PrincipalDep, settings: SettingsDep

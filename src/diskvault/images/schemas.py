@@ -35,6 +35,8 @@ class ImageOut(BaseModel):
 
 
 class ImageImport(RequestModel):
+    """Give exactly one of ``path`` and ``url`` (422 otherwise)."""
+
     path: PathStr | None = Field(default=None, description="a file inside IMPORT_ROOTS")
     url: str | None = Field(default=None, max_length=4096, description="an http(s) URL")
     name: str | None = Field(default=None, min_length=1, max_length=200)

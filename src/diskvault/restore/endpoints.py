@@ -111,6 +111,10 @@ def list_files(
     "/{mount_id}/download",
     response_class=Response,
     summary="Download a file (HTTP Range honoured) or a directory as tar or zip",
+    responses={
+        200: {"description": "the file (application/octet-stream) or the directory archive"},
+        206: {"description": "the Range asked of a file"},
+    },
 )
 def download_path(
     mount_id: str,

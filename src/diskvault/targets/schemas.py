@@ -15,7 +15,8 @@ class ChapIn(RequestModel):
 
 
 class TargetCreate(RequestModel):
-    """Serve an image (``image_id``) or a writeback layer (``path``) as one LUN."""
+    """Serve an image (``image_id``) or a writeback layer (``path``) as one LUN: give
+    exactly one of the two (422 otherwise)."""
 
     name: str | None = Field(
         default=None, min_length=1, max_length=100, description="IQN suffix; default the image id"
