@@ -166,24 +166,55 @@ def _step(tp: Any, part: str | int) -> tuple[Any, bool] | None:
     return None
 
 
-def model_at(root: Any, loc: Sequence[str | int]) -> type[BaseModel] | None:
-    """The model that holds the field at ``loc`` under ``root`` (None if unknown)."""
+def _walk(root: Any, loc: Sequence[str | int]) -> tuple[type[BaseModel] | None, set[int]]:
+    """The model holding the field at ``loc`` under ``root`` (None if unknown), and
+    which parts of ``loc`` are union tags (pydantic's, not the client's field names)."""
     tp: Any = root
-    parts = list(loc)
-    for _ in range(4 * len(parts) + 4):  # a union step may not consume; bounded anyway
-        if not parts:
+    tags: set[int] = set()
+    at = 0
+    for _ in range(4 * len(loc) + 4):  # a union step may not consume; bounded anyway
+        if at >= len(loc):
             break
-        step = _step(tp, parts[0])
+        step = _step(tp, loc[at])
         if step is None:
-            return None
+            return None, tags
+        was_union = get_origin(_strip(tp)) in (Union, types.UnionType)
         tp, consumed = step
         if consumed:
-            parts.pop(0)
+            if was_union:
+                tags.add(at)
+            at += 1
     tp = _strip(tp)
     if get_origin(tp) in (Union, types.UnionType):
         members = [_strip(m) for m in get_args(tp) if _is_model(_strip(m))]
         tp = members[0] if len(members) == 1 else None
-    return tp if _is_model(tp) else None
+    return (tp if _is_model(tp) else None), tags
+
+
+def model_at(root: Any, loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model that holds the field at ``loc`` under ``root`` (None if unknown)."""
+    return _walk(root, loc)[0]
+
+
+def _branch_tag(part: Any) -> bool:
+    """A location part naming a scalar union branch (``str``, ``constrained-str``...)."""
+    return isinstance(part, str) and (part in ("str", "int", "constrained-str") or "[" in part)
+
+
+def _one_branch(errors: list[Any]) -> list[Any]:
+    """For ``str | Model`` unions pydantic reports why each branch failed; when the
+    input was an object, the scalar branch's "not a string" is noise: drop it."""
+    locs = [tuple(e.get("loc", ())) for e in errors]
+    kept = []
+    for err, loc in zip(errors, locs, strict=True):
+        noise = isinstance(err.get("input"), dict) and any(
+            _branch_tag(part)
+            and any(o[:i] == loc[:i] and len(o) > i and o[i] != part for o in locs)
+            for i, part in enumerate(loc)
+        )
+        if not noise:
+            kept.append(err)
+    return kept
 
 
 def explain(errors: Iterable[Any], root: Any, prefix: int = 0) -> list[dict[str, Any]]:
@@ -193,17 +224,19 @@ def explain(errors: Iterable[Any], root: Any, prefix: int = 0) -> list[dict[str,
     come before its fields. Each error keeps ``type``, ``loc`` and ``msg``.
     """
     out = []
-    for err in errors:
+    for err in _one_branch(list(errors)):
         loc = [p if isinstance(p, int) else str(p) for p in err.get("loc", ())]
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
         kind = str(err.get("type", ""))
-        if kind == "extra_forbidden" and loc and root is not None:
-            model = model_at(root, loc[prefix:-1])
-            accepted = field_names(model) if model is not None else []
-            read_only = getattr(model, "read_only", READ_ONLY)
-            msg = unknown_field_message(str(loc[-1]), accepted, read_only)
-            if str(loc[-1]) in read_only:
-                kind = "read_only"
+        if root is not None and len(loc) > prefix:
+            model, tags = _walk(root, loc[prefix:-1])
+            if kind == "extra_forbidden":
+                accepted = field_names(model) if model is not None else []
+                read_only = getattr(model, "read_only", READ_ONLY)
+                msg = unknown_field_message(str(loc[-1]), accepted, read_only)
+                if str(loc[-1]) in read_only:
+                    kind = "read_only"
+            loc = [p for i, p in enumerate(loc) if i - prefix not in tags]
         out.append({"type": kind, "loc": [str(p) for p in loc], "msg": msg})
     return out
 
