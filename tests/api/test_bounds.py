@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -123,3 +124,40 @@ def test_source_disks_must_exist_unless_unverified(
     ok = {"name": "vm2", "kind": "qcow2", "disks": [str(disk)]}
     created = app_client.post("/api/v1/sources", json=ok, headers=h)
     assert created.status_code == 201 and "unverified" not in created.json()["config"]
+
+
+def _unbounded(node: Any, where: str, comps: dict[str, Any], seen: frozenset[str]) -> list[str]:
+    if isinstance(node, list):
+        return [u for item in node for u in _unbounded(item, where, comps, seen)]
+    if not isinstance(node, dict):
+        return []
+    if "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        return [] if name in seen else _unbounded(comps[name], where, comps, seen | {name})
+    found = []
+    if node.get("type") in ("integer", "number") and not (
+        {"maximum", "exclusiveMaximum"} & node.keys()
+    ):
+        found.append(where)
+    for key, value in node.items():
+        if key == "properties":
+            for name, prop in value.items():
+                found += _unbounded(prop, f"{where}.{name}", comps, seen)
+        elif key in ("items", "anyOf", "oneOf", "allOf", "additionalProperties"):
+            found += _unbounded(value, where, comps, seen)
+    return found
+
+
+def test_every_integer_the_api_takes_has_a_maximum(app_client: TestClient) -> None:
+    """A new route or field without bounds fails here (2^63 was a 500)."""
+    schema = app_client.get("/openapi.json").json()
+    comps = schema["components"]["schemas"]
+    unbounded = []
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            for param in op.get("parameters", []):
+                where = f"{method} {path} {param['name']}"
+                unbounded += _unbounded(param["schema"], where, comps, frozenset())
+            for content in op.get("requestBody", {}).get("content", {}).values():
+                unbounded += _unbounded(content["schema"], f"{method} {path}", comps, frozenset())
+    assert unbounded == []
