@@ -6,7 +6,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, computed_field
 
 from diskvault.backups.models import BackupStatus, BackupType, RepositoryKind, SourceKind
-from diskvault.schemas_base import Count, Days, PathStr, PositiveInt, RequestModel
+from diskvault.schemas_base import (
+    JSON_INT,
+    MAX_SIZE,
+    Count,
+    Days,
+    PathStr,
+    PositiveInt,
+    RequestModel,
+)
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # used in repository paths
 
@@ -122,7 +130,9 @@ class BackupStart(RequestModel):
     vm_name: Text
     backup_type: Literal["full", "incremental", "auto"] = "auto"
     repository: Text | None = Field(default=None, description="name or id; default: 'default'")
-    speed: PositiveInt | None = Field(default=None, description="throttle, bytes per second")
+    speed: Annotated[int, Field(ge=1, le=MAX_SIZE), JSON_INT] | None = Field(
+        default=None, description="throttle, bytes per second"
+    )
 
 
 class BackupOut(BaseModel):
