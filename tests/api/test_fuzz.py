@@ -76,7 +76,10 @@ def _run(srv: ServerProcess, token: str, sandbox: Path) -> subprocess.CompletedP
         f"Authorization: Bearer {token}",
         "--no-color",
     ]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    # cwd: schemathesis keeps its example database (.schemathesis/) there.
+    return subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=sandbox.parent
+    )
 
 
 def _failures(report: str) -> str:
