@@ -28,7 +28,9 @@ from pydantic import (
 MAX_INT = 2**31  # offsets, counts, versions: far above any real value, far below 2^63
 MAX_DAYS = 36500  # a hundred years
 MAX_PATH = 4096
-MAX_SIZE = 2**60  # bytes; the configured caps (DISKVAULT_MAX_VIRTUAL_SIZE) are checked too
+# Bytes (8 PiB): the largest integer a JSON client holds exactly (2^53); the
+# configured caps (DISKVAULT_MAX_VIRTUAL_SIZE) are checked as well.
+MAX_SIZE = 2**53
 
 # Fields the API returns but never takes; sent on input, they are named read-only.
 READ_ONLY = frozenset(
