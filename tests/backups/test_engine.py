@@ -103,7 +103,7 @@ def test_cancel_keeps_bitmap_so_next_incremental_covers_everything(
 
 
 def test_failed_point_is_recorded(bsettings: Settings, repo: str, tmp_path: Path) -> None:
-    add_source(bsettings, "gone", "qcow2", disks=[str(tmp_path / "nope.qcow2")])
+    add_source(bsettings, "gone", "qcow2", unverified=True, disks=[str(tmp_path / "nope.qcow2")])
     with pytest.raises(Exception, match="does not exist"):
         backup(bsettings, "gone", repo)
     with session_scope(bsettings.DATABASE_URL) as s:

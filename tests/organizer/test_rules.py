@@ -77,3 +77,28 @@ def test_bad_rules_say_what_is_wrong(rules: str, message: str) -> None:
 def test_sizes_and_durations() -> None:
     assert parse_size("1.5G") == int(1.5 * 1024**3) and parse_size("10KiB") == 10240
     assert parse_duration("2w") == 14 * 86400 and parse_duration(90) == 90.0
+
+
+def test_every_unknown_key_is_named_with_its_line() -> None:
+    text = (
+        "destination: file:///srv/out\n"
+        "rules:\n"
+        "  - action: copy\n"
+        "    destinaton: x\n"
+        "    match:\n"
+        "      catgory: iso\n"
+        "      min_sise: 1M\n"
+    )
+    with pytest.raises(InvalidRules) as err:
+        load_rules(text)
+    detail = err.value.message
+    assert "line 4: rules.0.destinaton: unknown field; did you mean `destination`?" in detail
+    assert "line 6: rules.0.match.catgory: unknown field; did you mean `category`?" in detail
+    assert "line 7: rules.0.match.min_sise: unknown field; did you mean `min_size`?" in detail
+
+
+def test_json_rules_get_line_numbers_too() -> None:
+    text = '{\n  "rules": [\n    {"action": "delete",\n     "id": 3}\n  ]\n}\n'
+    with pytest.raises(InvalidRules, match=r"line 4: rules\.0\.id: unknown field") as err:
+        load_rules(text)
+    assert "read-only" not in err.value.message  # a file has no server-set fields

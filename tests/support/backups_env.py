@@ -35,9 +35,11 @@ def add_repo(settings: Settings, name: str, path: Path, **kw: Any) -> str:
         return repo.id
 
 
-def add_source(settings: Settings, name: str, kind: str, **config: Any) -> None:
+def add_source(
+    settings: Settings, name: str, kind: str, unverified: bool = False, **config: Any
+) -> None:
     with session_scope(settings.DATABASE_URL) as s:
-        service.create_source(s, name, SourceKind(kind), config)
+        service.create_source(s, name, SourceKind(kind), config, unverified=unverified)
 
 
 def backup(

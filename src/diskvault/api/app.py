@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from diskvault import __version__, web
-from diskvault.api import guard, middleware, problems, system
+from diskvault.api import guard, middleware, options, problems, responses, strict, system
 from diskvault.auth import service as auth_service
 from diskvault.config import Settings
 from diskvault.db import migrate
@@ -84,6 +84,9 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
         version=__version__,
         description="Disk-image library, diskless boot over iSCSI, QCOW2 backups, organizer.",
         lifespan=lifespan,
+        # One place for every route: unknown query parameters refused, common problems declared.
+        dependencies=[Depends(strict.refuse_unknown_query)],
+        responses=responses.COMMON,
     )
     app.state.settings = settings
     app.state.started = time.monotonic()
@@ -104,6 +107,7 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
             app.state.shutdown_hooks.append(module.shutdown)
     web.install(app)  # the console's pages, static files and HTML error pages
 
+    app.add_middleware(options.Options)
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     # Inside CORS (a preflight carries no token), outside everything that reads a body.
     app.add_middleware(guard.Gate, settings=settings, streaming=STREAMING_UPLOADS)

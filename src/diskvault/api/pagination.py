@@ -9,6 +9,8 @@ from pydantic import BaseModel
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from diskvault.schemas_base import MAX_INT
+
 T = TypeVar("T")
 
 
@@ -19,7 +21,7 @@ class PageParams(BaseModel):
 
 def page_params(
     limit: int = Query(50, ge=1, le=1000, description="items per page"),
-    offset: int = Query(0, ge=0, description="items to skip"),
+    offset: int = Query(0, ge=0, le=MAX_INT, description="items to skip"),
 ) -> PageParams:
     return PageParams(limit=limit, offset=offset)
 

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from diskvault.errors import DiskvaultError
+from diskvault.schemas_base import describe, explain
 
 log = structlog.get_logger("diskvault.api")
 MEDIA_TYPE = "application/problem+json"
@@ -40,22 +41,27 @@ async def _diskvault_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(_instance(request, exc.problem()), headers)
 
 
-def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-    return f"{loc}: {err.get('msg', 'invalid')}"
+def _body_root(request: Request) -> tuple[Any, int]:
+    """The type the route validates its body as, and how many location parts precede
+    its fields (``body``, plus the parameter name when the body is embedded)."""
+    route = request.scope.get("route")
+    params = getattr(getattr(route, "dependant", None), "body_params", None) or []
+    if len(params) == 1 and not getattr(params[0].field_info, "embed", False):
+        return params[0].field_info.annotation, 1
+    return None, 1
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-        for e in exc.errors()
-    ]
+    root, prefix = _body_root(request)
+    body_errors = [e for e in exc.errors() if tuple(e.get("loc", ()))[:1] == ("body",)]
+    other = [e for e in exc.errors() if tuple(e.get("loc", ()))[:1] != ("body",)]
+    errors = explain(body_errors, root, prefix) + explain(other, None)
     body = {
         "type": "urn:diskvault:error:validation",
         "title": "Invalid request",
         "status": 422,
-        "detail": "; ".join(_describe(e) for e in exc.errors()) or "invalid request",
+        "detail": "; ".join(describe(e) for e in errors) or "invalid request",
         "errors": errors,
     }
     return problem_response(_instance(request, body))

@@ -7,8 +7,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request, status
 
 from diskvault.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep, optional_principal
 from diskvault.api.pagination import Page, PageParams, page_params
+from diskvault.api.responses import problems
+from diskvault.auth import errors, service
 from diskvault.auth import login as password_login
-from diskvault.auth import service
 from diskvault.auth.schemas import (
     ApiTokenCreate,
     ApiTokenCreated,
@@ -22,8 +23,9 @@ from diskvault.auth.schemas import (
     UserUpdate,
 )
 from diskvault.auth.service import Principal
+from diskvault.errors import NotFound
 
-router = APIRouter(prefix="/api/v1", tags=["auth"])
+router = APIRouter(prefix="/api/v1", tags=["auth"], responses=problems(errors, NotFound))
 PageDep = Annotated[PageParams, Depends(page_params)]
 log = structlog.get_logger("diskvault.auth")
 

@@ -21,6 +21,13 @@ class UserExists(Conflict):
     template = "user {username} already exists"
 
 
+class LastAdmin(Conflict):
+    template = (
+        "{username} is the last active admin: make another user admin first, "
+        "or nobody could manage users again"
+    )
+
+
 class AdminRequiredForSignup(Forbidden):
     template = "an admin already exists: only an admin can create users"
 

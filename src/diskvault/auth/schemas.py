@@ -1,25 +1,27 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from diskvault.auth.models import Role
+from diskvault.schemas_base import JSON_INT, RequestModel
 
 
-class LoginRequest(BaseModel):
+class LoginRequest(RequestModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
 
 
-class SignupRequest(BaseModel):
+class SignupRequest(RequestModel):
     username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
     password: str = Field(min_length=8, max_length=1024)
     role: Role = Role.viewer
 
 
-class RefreshRequest(BaseModel):
-    refresh_token: str = Field(min_length=1)
+class RefreshRequest(RequestModel):
+    refresh_token: str = Field(min_length=1, max_length=4096)
 
 
 class TokenPair(BaseModel):
@@ -38,15 +40,15 @@ class UserOut(BaseModel):
     created_at: datetime
 
 
-class UserUpdate(BaseModel):
+class UserUpdate(RequestModel):
     role: Role | None = None
-    is_active: bool | None = None
+    is_active: StrictBool | None = None
     password: str | None = Field(default=None, min_length=8, max_length=1024)
 
 
-class ApiTokenCreate(BaseModel):
+class ApiTokenCreate(RequestModel):
     name: str = Field(min_length=1, max_length=100)
-    expires_days: int | None = Field(default=None, ge=1, le=3650)
+    expires_days: Annotated[int, Field(ge=1, le=3650), JSON_INT] | None = None
 
 
 class ApiTokenOut(BaseModel):

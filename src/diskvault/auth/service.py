@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from diskvault.api.pagination import PageParams, paginate
@@ -15,6 +15,7 @@ from diskvault.auth import security
 from diskvault.auth.errors import (
     AdminRequiredForSignup,
     InvalidToken,
+    LastAdmin,
     UserExists,
 )
 from diskvault.auth.models import ApiToken, AuditLog, Role, User
@@ -174,6 +175,9 @@ def update_user(
     password: str | None,
 ) -> User:
     user = get_user(session, user_id)
+    demoted = (role is not None and role != Role.admin) or is_active is False
+    if demoted and user.role == Role.admin and user.is_active and _active_admins(session) <= 1:
+        raise LastAdmin(username=user.username)
     # Any change to who the user is or what they may do ends every token issued before it.
     changed = password is not None
     if role is not None and role != user.role:
@@ -188,6 +192,11 @@ def update_user(
         user.token_version += 1
     session.commit()
     return user
+
+
+def _active_admins(session: Session) -> int:
+    where = (User.role == Role.admin) & User.is_active.is_(True)
+    return session.scalar(select(func.count()).select_from(User).where(where)) or 0
 
 
 def list_users(session: Session, params: PageParams) -> tuple[list[User], int]:

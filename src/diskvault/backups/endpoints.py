@@ -7,9 +7,10 @@ from fastapi.responses import JSONResponse
 
 from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
-from diskvault.backups import policies, retention, service
+from diskvault.api.responses import problems
+from diskvault.backups import errors, policies, retention, service
 from diskvault.backups.errors import NotSupportedHere
-from diskvault.backups.models import BackupStatus
+from diskvault.backups.models import BackupStatus, SourceKind
 from diskvault.backups.schemas import (
     BackupOut,
     BackupStart,
@@ -26,8 +27,9 @@ from diskvault.backups.schemas import (
     SourceOut,
 )
 from diskvault.jobs.schemas import JobOut
+from diskvault.storage import errors as storage_errors
 
-router = APIRouter(prefix="/api/v1", tags=["backups"])
+router = APIRouter(prefix="/api/v1", tags=["backups"], responses=problems(errors, storage_errors))
 PageDep = Annotated[PageParams, Depends(page_params)]
 ACCEPTED = status.HTTP_202_ACCEPTED
 
@@ -41,8 +43,11 @@ def _page(items: list[Any], total: int, page: PageParams) -> dict[str, Any]:
 
 @router.post("/sources", response_model=SourceOut, status_code=201, summary="Register a source")
 def create_source(body: SourceCreate, _: AdminDep, db: DbDep) -> Any:
-    extra = body.model_dump(exclude={"name", "kind"})
-    return service.create_source(db, body.name, body.kind, extra)
+    """Each kind takes its own fields (see the request schemas); its disks must exist
+    and be readable now, unless ``unverified`` says they cannot be checked yet."""
+    config = body.model_dump(exclude={"name", "kind", "unverified"}, exclude_none=True)
+    kind = SourceKind(body.kind)
+    return service.create_source(db, body.name, kind, config, unverified=body.unverified)
 
 
 @router.get("/sources", response_model=Page[SourceOut])
@@ -142,7 +147,14 @@ def chain(
     return service.chain_view(db, vm_name, repo_id)
 
 
-@router.post("/backup/prune", summary="Prune, or simulate with dry_run (the default)")
+@router.post(
+    "/backup/prune",
+    summary="Prune, or simulate with dry_run (the default)",
+    responses={
+        200: {"description": "dry_run (the default): what each disk's prune would keep"},
+        202: {"model": JobOut, "description": "dry_run false: the prune job"},
+    },
+)
 def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
     repo = service.local_repository(settings, db, body.repository)
     rules = body.model_dump(include=set(retention.RULES))

@@ -1,23 +1,86 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, computed_field
 
 from diskvault.backups.models import BackupStatus, BackupType, RepositoryKind, SourceKind
+from diskvault.schemas_base import (
+    JSON_INT,
+    MAX_SIZE,
+    Count,
+    Days,
+    PathStr,
+    PositiveInt,
+    RequestModel,
+)
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # used in repository paths
 
 
-class SourceCreate(BaseModel):
-    """Kind-specific fields: qcow2/raw ``disks`` (paths) or ``path``; nbd ``url`` +
-    ``bitmap`` or ``disks`` [{url, bitmap}]; qmp ``socket`` + ``disks`` [{node}];
-    libvirt ``domain``, ``uri``, ``disks`` (targets such as vda)."""
+Text = Annotated[str, Field(min_length=1, max_length=1024)]
 
-    model_config = ConfigDict(extra="allow")
+
+class _SourceCreate(RequestModel):
+    """Fields every kind takes; each kind's own model adds its strict config."""
+
     name: str = Field(pattern=NAME)
-    kind: SourceKind
+    unverified: StrictBool = Field(
+        default=False,
+        description="add it even though its disks cannot be checked now (they must "
+        "otherwise exist and be readable, or answer)",
+    )
+
+
+class PathDisk(RequestModel):
+    path: PathStr
+
+
+class PathSourceCreate(_SourceCreate):
+    """qcow2 and raw: files or block devices on this host, by absolute path; give
+    ``disks`` or ``path`` (422 otherwise)."""
+
+    kind: Literal["qcow2", "raw"]
+    disks: list[PathStr | PathDisk] | None = Field(default=None, min_length=1, max_length=64)
+    path: PathStr | None = Field(default=None, description="one disk: same as disks: [path]")
+
+
+class NbdDisk(RequestModel):
+    url: Text
+    bitmap: Text | None = None
+
+
+class NbdSourceCreate(_SourceCreate):
+    """Give ``url`` (and ``bitmap``) for one disk, or ``disks`` (422 otherwise)."""
+
+    kind: Literal["nbd"]
+    url: Text | None = Field(default=None, description="nbd:// or nbd+unix://...?socket=")
+    bitmap: Text | None = None
+    disks: list[Text | NbdDisk] | None = Field(default=None, min_length=1, max_length=64)
+
+
+class QmpDisk(RequestModel):
+    node: Text
+
+
+class QmpSourceCreate(_SourceCreate):
+    kind: Literal["qmp"]
+    socket: PathStr = Field(description="the VM's QMP unix socket")
+    disks: list[Text | QmpDisk] = Field(min_length=1, max_length=64, description="node names")
+
+
+class LibvirtSourceCreate(_SourceCreate):
+    kind: Literal["libvirt"]
+    domain: Text
+    uri: Text | None = Field(default=None, description="default qemu:///system")
+    disks: list[Text] | None = Field(default=None, max_length=64, description="e.g. vda")
+
+
+SourceCreate = Annotated[
+    PathSourceCreate | NbdSourceCreate | QmpSourceCreate | LibvirtSourceCreate,
+    Field(discriminator="kind"),
+]
 
 
 class SourceOut(BaseModel):
@@ -29,13 +92,15 @@ class SourceOut(BaseModel):
     created_at: datetime
 
 
-class RepositoryCreate(BaseModel):
+class RepositoryCreate(RequestModel):
     name: str = Field(pattern=NAME)
     kind: RepositoryKind = RepositoryKind.local
-    path: str | None = Field(default=None, description="local: a mounted directory")
-    url: str | None = Field(default=None, description="s3: s3://bucket/prefix?endpoint_url=...")
-    immutability_days: float = Field(default=0.0, ge=0)
-    attach: bool = Field(default=False, description="rebuild chains from existing sidecars")
+    path: PathStr | None = Field(default=None, description="local: a mounted directory")
+    url: str | None = Field(
+        default=None, max_length=4096, description="s3: s3://bucket/prefix?endpoint_url=..."
+    )
+    immutability_days: Days = 0.0
+    attach: StrictBool = Field(default=False, description="rebuild chains from existing sidecars")
 
 
 class RepositoryOut(BaseModel):
@@ -61,11 +126,13 @@ class RescanOut(BaseModel):
     chains: int
 
 
-class BackupStart(BaseModel):
-    vm_name: str
+class BackupStart(RequestModel):
+    vm_name: Text
     backup_type: Literal["full", "incremental", "auto"] = "auto"
-    repository: str | None = Field(default=None, description="name or id; default: 'default'")
-    speed: int | None = Field(default=None, gt=0, description="throttle, bytes per second")
+    repository: Text | None = Field(default=None, description="name or id; default: 'default'")
+    speed: Annotated[int, Field(ge=1, le=MAX_SIZE), JSON_INT] | None = Field(
+        default=None, description="throttle, bytes per second"
+    )
 
 
 class BackupOut(BaseModel):
@@ -132,48 +199,53 @@ class ChainsOut(BaseModel):
     total_size_bytes: int
 
 
-class Retention(BaseModel):
-    keep_last: int | None = Field(default=None, ge=0)
-    keep_hourly: int | None = Field(default=None, ge=0)
-    keep_daily: int | None = Field(default=None, ge=0)
-    keep_weekly: int | None = Field(default=None, ge=0)
-    keep_monthly: int | None = Field(default=None, ge=0)
-    keep_yearly: int | None = Field(default=None, ge=0)
+class Retention(RequestModel):
+    keep_last: Count | None = None
+    keep_hourly: Count | None = None
+    keep_daily: Count | None = None
+    keep_weekly: Count | None = None
+    keep_monthly: Count | None = None
+    keep_yearly: Count | None = None
 
 
 class PruneRequest(Retention):
-    vm_name: str
-    repository: str | None = None
-    policy: str | None = Field(default=None, description="use this policy's rules")
-    max_chain_length: int | None = Field(default=None, ge=1)
-    dry_run: bool = True
+    """The ``keep_*`` rules given, or a ``policy``'s rules (which then replace them)."""
+
+    vm_name: Text
+    repository: Text | None = None
+    policy: Text | None = Field(default=None, description="use this policy's rules")
+    max_chain_length: PositiveInt | None = None
+    dry_run: StrictBool = True
 
 
-class CopyRequest(BaseModel):
-    target: str = Field(description="repository name or id to copy to")
-    repository: str | None = Field(default=None, description="copy from (default: 'default')")
-    vm_name: str | None = None
+class CopyRequest(RequestModel):
+    target: Text = Field(description="repository name or id to copy to")
+    repository: Text | None = Field(default=None, description="copy from (default: 'default')")
+    vm_name: Text | None = None
 
 
-class RestoreRequest(BaseModel):
+class RestoreRequest(RequestModel):
+    """``target`` decides which other field is needed: file needs ``path``, nbd
+    ``url``, image ``image_name`` (422 otherwise)."""
+
     target: Literal["file", "nbd", "image"] = "file"
-    path: str | None = Field(default=None, description="file: a new absolute path")
+    path: PathStr | None = Field(default=None, description="file (required): a new absolute path")
     format: Literal["qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc"] = "qcow2"
-    url: str | None = Field(default=None, description="nbd: nbd:// or nbd+unix:// URL")
-    image_name: str | None = Field(default=None, description="image: library name")
+    url: Text | None = Field(default=None, description="nbd (required): nbd:// or nbd+unix://")
+    image_name: Text | None = Field(default=None, description="image (required): library name")
 
 
 class PolicyCreate(Retention):
     name: str = Field(pattern=NAME)
-    sources: list[str] = Field(min_length=1)
-    repository: str | None = None
-    schedule: str | None = Field(default=None, description="cron, e.g. '0 2 * * *'")
+    sources: list[Text] = Field(min_length=1, max_length=1000)
+    repository: Text | None = None
+    schedule: Text | None = Field(default=None, description="cron, e.g. '0 2 * * *'")
     backup_type: Literal["full", "incremental", "auto"] = "auto"
-    max_chain_length: int | None = Field(default=None, ge=1)
-    immutability_days: float = Field(default=0.0, ge=0)
-    verify_schedule: str | None = None
-    copy_to: str | None = Field(default=None, description="repository for a second copy")
-    enabled: bool = True
+    max_chain_length: PositiveInt | None = None
+    immutability_days: Days = 0.0
+    verify_schedule: Text | None = None
+    copy_to: Text | None = Field(default=None, description="repository for a second copy")
+    enabled: StrictBool = True
 
 
 class PolicyOut(BaseModel):

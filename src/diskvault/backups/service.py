@@ -82,9 +82,16 @@ def restore_point(session: Session, backup_id: str) -> RestorePoint:
 
 
 def create_source(
-    session: Session, name: str, kind: SourceKind, body: dict[str, Any]
+    session: Session, name: str, kind: SourceKind, body: dict[str, Any], *, unverified: bool = False
 ) -> BackupSource:
-    config = SOURCES[kind.value].validate(body)
+    """``unverified``: skip the check that the disks are there and readable (kept in
+    the config, so the listing shows which sources were never checked)."""
+    cls = SOURCES[kind.value]
+    config = cls.validate(body)
+    if unverified:
+        config["unverified"] = True
+    else:
+        cls.check(config)
     return insert_named(session, BackupSource(name=name, kind=kind, config=config), SourceExists)
 
 

@@ -4,14 +4,15 @@ import math
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi import status as http
 from fastapi.responses import PlainTextResponse
 
 from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.problems import problem_response
-from diskvault.boot import bootscript, service, sessions, versions
+from diskvault.api.responses import problems
+from diskvault.boot import bootscript, errors, service, sessions, versions
 from diskvault.boot.errors import BootRateLimited
 from diskvault.boot.schemas import (
     ApplyAccepted,
@@ -24,15 +25,20 @@ from diskvault.boot.schemas import (
     VersionOut,
 )
 from diskvault.config import Settings
-from diskvault.errors import DiskvaultError
+from diskvault.errors import DiskvaultError, NotFound
+from diskvault.images import errors as image_errors
 from diskvault.images import service as images
+from diskvault.schemas_base import MAX_INT
+from diskvault.targets import errors as target_errors
 from diskvault.tools import ipxe
 
 log = structlog.get_logger("diskvault.boot")
-router = APIRouter(prefix="/api/v1", tags=["boot"])
-public_router = APIRouter(tags=["boot"])
+DECLARED = problems(errors, image_errors, target_errors, NotFound)
+router = APIRouter(prefix="/api/v1", tags=["boot"], responses=DECLARED)
+public_router = APIRouter(tags=["boot"], responses=DECLARED)
 PageDep = Annotated[PageParams, Depends(page_params)]
 ForceQuery = Annotated[bool, Query(description="delete even while the machine is booted")]
+VersionPath = Annotated[int, Path(ge=1, le=MAX_INT, description="an image version number")]
 
 
 def _limiter(request: Request, name: str, per_minute: int) -> bootscript.RateLimiter:
@@ -246,7 +252,7 @@ def list_versions(
     response_model=VersionOut,
     summary="Make an earlier version current (machines boot it from their next boot)",
 )
-def rollback_version(image_id: str, version: int, _: OperatorDep, db: DbDep) -> Any:
+def rollback_version(image_id: str, version: VersionPath, _: OperatorDep, db: DbDep) -> Any:
     images.get(db, image_id)
     return _version_out(db, versions.rollback(db, image_id, version))
 
@@ -258,7 +264,7 @@ def rollback_version(image_id: str, version: int, _: OperatorDep, db: DbDep) -> 
     summary="Delete a version (409 while current or a machine's layer sits on it)",
 )
 def delete_version(
-    image_id: str, version: int, _: OperatorDep, db: DbDep, settings: SettingsDep
+    image_id: str, version: VersionPath, _: OperatorDep, db: DbDep, settings: SettingsDep
 ) -> Response:
     versions.delete_version(db, settings, image_id, version)
     return Response(status_code=http.HTTP_204_NO_CONTENT)

@@ -5,11 +5,12 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from diskvault.boot.models import MachineMode, MachineStatus
+from diskvault.schemas_base import RequestModel
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 
-class MachineCreate(BaseModel):
+class MachineCreate(RequestModel):
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits, '.', '_', '-'")
     mac: str = Field(max_length=32, examples=["52:54:00:12:34:56"])
     image_id: str = Field(max_length=32)
@@ -19,7 +20,7 @@ class MachineCreate(BaseModel):
     )
 
 
-class MachineUpdate(BaseModel):
+class MachineUpdate(RequestModel):
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     mac: str | None = Field(default=None, max_length=32)
     image_id: str | None = Field(default=None, max_length=32)
@@ -70,7 +71,7 @@ class BootSessionOut(BaseModel):
     mode: MachineMode
 
 
-class ApplyRequest(BaseModel):
+class ApplyRequest(RequestModel):
     comment: str | None = Field(default=None, max_length=2000)
 
 

@@ -399,8 +399,11 @@ def source_add(
     socket: str = typer.Option(None, "--socket", help="qmp: monitor socket path"),
     domain: str = typer.Option(None, "--domain", help="libvirt: domain name"),
     uri: str = typer.Option(None, "--uri", help="libvirt: connection URI"),
+    unverified: bool = typer.Option(
+        False, "--unverified", help="add it though its disks are not there or readable yet"
+    ),
 ) -> None:
-    """Register a backup source.
+    """Register a backup source; its disks must exist and be readable (or --unverified).
 
     Example: diskvault source add web1 --kind qcow2 --disk /var/lib/vms/web1.qcow2
     """
@@ -409,7 +412,7 @@ def source_add(
         disks = [{"url": d, "bitmap": bitmap} for d in disks]
     elif kind == "qmp":
         disks = [{"node": d} for d in disks]
-    body: dict[str, Any] = {"name": name, "kind": kind, "disks": disks}
+    body: dict[str, Any] = {"name": name, "kind": kind, "disks": disks, "unverified": unverified}
     body.update({k: v for k, v in {"socket": socket, "domain": domain, "uri": uri}.items() if v})
     src = Client().post("/api/v1/sources", json=body)
     console.print(f"source {src['name']} ({src['kind']}) added: {src['config']}", highlight=False)

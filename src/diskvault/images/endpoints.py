@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.problems import problem_response
+from diskvault.api.responses import problems
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.errors import DiskvaultError
-from diskvault.images import admission, download, importer, intake, service, sparse, upload
+from diskvault.images import admission, download, errors, importer, intake, service, sparse, upload
 from diskvault.images.errors import (
     InsufficientSpace,
     RangeNotSatisfiable,
@@ -30,8 +31,11 @@ from diskvault.images.schemas import (
     ResizeRequest,
 )
 from diskvault.images.store import ImageStore
+from diskvault.storage import errors as storage_errors
 
-router = APIRouter(prefix="/api/v1/images", tags=["images"])
+router = APIRouter(
+    prefix="/api/v1/images", tags=["images"], responses=problems(errors, storage_errors)
+)
 PageDep = Annotated[PageParams, Depends(page_params)]
 
 
@@ -233,6 +237,10 @@ def resize_image(
     "/{image_id}/download",
     response_class=Response,
     summary="Download the image file; a single HTTP Range is honoured (206)",
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+        206: {"content": {"application/octet-stream": {}}, "description": "the Range asked"},
+    },
 )
 def download_image(
     image_id: str, request: Request, _: PrincipalDep, settings: SettingsDep

@@ -3,9 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from diskvault.images.models import ImageStatus, ImageType
+from diskvault.schemas_base import MAX_SIZE, JsonInt, PathStr, RequestModel
 
 TargetFormat = Literal["raw", "qcow2", "vmdk", "vhdx"]
 AutoTarget = Literal["raw", "qcow2"]
@@ -39,10 +40,10 @@ class ImageOut(BaseModel):
     updated_at: datetime
 
 
-class ImageImport(BaseModel):
-    path: str | None = Field(
-        default=None, max_length=4096, description="a file inside IMPORT_ROOTS"
-    )
+class ImageImport(RequestModel):
+    """Give exactly one of ``path`` and ``url`` (422 otherwise)."""
+
+    path: PathStr | None = Field(default=None, description="a file inside IMPORT_ROOTS")
     url: str | None = Field(default=None, max_length=4096, description="an http(s) URL")
     name: str | None = Field(default=None, min_length=1, max_length=200)
     image_type: ImageType = ImageType.system
@@ -56,20 +57,20 @@ class ImageImport(BaseModel):
         return self
 
 
-class ConvertRequest(BaseModel):
+class ConvertRequest(RequestModel):
     target_format: TargetFormat
-    compress: bool = Field(default=False, description="qcow2 only: compressed clusters")
+    compress: StrictBool = Field(default=False, description="qcow2 only: compressed clusters")
 
 
-class ResizeRequest(BaseModel):
-    size: int = Field(gt=0, description="new virtual size in bytes, a multiple of 512")
-    force: bool = Field(default=False, description="allow shrinking when the data fits")
-
-    @model_validator(mode="after")
-    def _aligned(self) -> ResizeRequest:
-        if self.size % 512:
-            raise ValueError("size must be a multiple of 512 bytes")
-        return self
+class ResizeRequest(RequestModel):
+    size: JsonInt = Field(
+        gt=0,
+        le=MAX_SIZE,
+        multiple_of=512,
+        description="new virtual size in bytes, a multiple of 512, at most "
+        "DISKVAULT_MAX_VIRTUAL_SIZE (checked when the job is asked for)",
+    )
+    force: StrictBool = Field(default=False, description="allow shrinking when the data fits")
 
 
 class ConversionStatus(BaseModel):

@@ -12,14 +12,15 @@ from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect, s
 from diskvault.api import guard
 from diskvault.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
+from diskvault.api.responses import problems
 from diskvault.config import Settings
 from diskvault.errors import DiskvaultError, Forbidden
-from diskvault.jobs import registry, service
+from diskvault.jobs import errors, registry, service
 from diskvault.jobs.models import Job, JobStatus
 from diskvault.jobs.schemas import JobOut, JobStats, JobSubmit
 from diskvault.jobs.stream import JobStreams
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=problems(errors, Forbidden))
 ws_router = APIRouter(tags=["jobs"])
 PageDep = Annotated[PageParams, Depends(page_params)]
 

@@ -6,6 +6,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from diskvault.jobs.models import JobStatus
+from diskvault.schemas_base import RequestModel
 
 
 class JobOut(BaseModel):
@@ -35,7 +36,7 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
 
-class JobSubmit(BaseModel):
+class JobSubmit(RequestModel):
     kind: str = Field(min_length=1, max_length=64)
     params: dict[str, Any] = Field(default_factory=dict)
     node: str | None = Field(default=None, max_length=128)

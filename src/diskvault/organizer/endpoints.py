@@ -12,11 +12,18 @@ from fastapi import APIRouter, Depends, Query, status
 
 from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
-from diskvault.organizer import service
+from diskvault.api.responses import problems
+from diskvault.jobs import errors as job_errors
+from diskvault.organizer import errors, service
 from diskvault.organizer.models import OperationType
 from diskvault.organizer.schemas import ItemsPage, OperationCreate, OperationOut
+from diskvault.storage import errors as storage_errors
 
-router = APIRouter(prefix="/api/v1/operations", tags=["organizer"])
+router = APIRouter(
+    prefix="/api/v1/operations",
+    tags=["organizer"],
+    responses=problems(errors, storage_errors, job_errors),
+)
 PageDep = Annotated[PageParams, Depends(page_params)]
 
 

@@ -22,13 +22,14 @@ import re
 import string
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from diskvault.organizer.categorize import CATEGORIES, Category
 from diskvault.organizer.errors import InvalidRules
+from diskvault.schemas_base import RequestModel, describe, explain
 from diskvault.storage import StorageFile
 from diskvault.storage.base import normalize_key
 from diskvault.storage.errors import InvalidKey
@@ -60,8 +61,13 @@ def _listify(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-class Match(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FileModel(RequestModel):
+    """A rules file: strict like a request body; nothing in it is read-only."""
+
+    read_only: ClassVar[frozenset[str]] = frozenset()
+
+
+class Match(FileModel):
     category: list[str] | None = None
     format: list[str] | None = None
     name: list[str] | None = None  # globs on the file name
@@ -106,8 +112,7 @@ class Match(BaseModel):
         )
 
 
-class Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Rule(FileModel):
     name: str = Field(default="", max_length=200)
     match: Match = Field(default_factory=Match)
     action: Literal["move", "copy", "delete", "hardlink", "import"]
@@ -125,8 +130,7 @@ class Rule(BaseModel):
         return value
 
 
-class RuleSet(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RuleSet(FileModel):
     destination: str | None = Field(default=None, max_length=2000)
     rules: list[Rule] = Field(min_length=1, max_length=500)
 
@@ -153,9 +157,14 @@ def load_rules(source: str | dict[str, Any] | list[Any]) -> RuleSet:
     try:
         ruleset = RuleSet.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InvalidRules(detail=f"{where}: {err['msg']}") from None
+        errors = explain(exc.errors(include_url=False), RuleSet)
+        lines = _line_numbers(source) if isinstance(source, str) else {}
+        parts = []
+        for err in errors:
+            loc = tuple(err["loc"])
+            line = lines.get(loc) or lines.get(loc[:-1])
+            parts.append((f"line {line}: " if line else "") + describe(err))
+        raise InvalidRules(detail="; ".join(parts)) from None
     for i, rule in enumerate(ruleset.rules):
         if rule.action in ("move", "copy", "hardlink") and not rule.destination:
             raise InvalidRules(detail=f"rules.{i}: action {rule.action} needs a destination")
@@ -163,6 +172,32 @@ def load_rules(source: str | dict[str, Any] | list[Any]) -> RuleSet:
             sample = Category("disk-image", "qcow2")
             render(rule, StorageFile(key="a/b.qcow2", size=1, mtime=0.0), sample)
     return ruleset
+
+
+def _line_numbers(text: str) -> dict[tuple[str, ...], int]:
+    """Each key's and item's line in the YAML (or JSON, which YAML reads too) text,
+    by its location as pydantic reports it (list indexes as strings)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node | None, loc: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                here = (*loc, str(key.value))
+                lines[here] = key.start_mark.line + 1
+                walk(value, here)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*loc, str(i))] = item.start_mark.line + 1
+                walk(item, (*loc, str(i)))
+
+    walk(root, ())
+    if isinstance(root, yaml.SequenceNode):  # a bare list of rules is read as {rules: [...]}
+        lines = {("rules", *k): v for k, v in lines.items()} | lines
+    return lines
 
 
 def render(rule: Rule, f: StorageFile, cat: Category) -> str:

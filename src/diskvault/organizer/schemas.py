@@ -3,23 +3,25 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from diskvault.jobs.models import JobStatus
 from diskvault.organizer.models import OperationType, RecordState
+from diskvault.schemas_base import RequestModel
 
 
-class OperationCreate(BaseModel):
+class OperationCreate(RequestModel):
     """One body for every operation type; each type reads the fields it needs."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["scan", "dupes", "plan", "apply", "dedupe", "import"]
     location: str | None = Field(default=None, max_length=2000)
     destination: str | None = Field(default=None, max_length=2000)
     rules: str | dict[str, Any] | list[Any] | None = Field(
         default=None, description="YAML or JSON text, or the decoded object"
     )
-    dry_run: bool = Field(default=False, description="plan only: compute and show, touch nothing")
+    dry_run: StrictBool = Field(
+        default=False, description="plan only: compute and show, touch nothing"
+    )
     plan_id: str | None = Field(default=None, max_length=32, description="apply: the plan to run")
     strategy: Literal["delete", "hardlink", "quarantine"] = "quarantine"
     keep: Literal["oldest", "newest", "shortest", "first"] = "oldest"

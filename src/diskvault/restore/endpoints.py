@@ -12,20 +12,28 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, statu
 from diskvault.api.deps import OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.problems import problem_response
+from diskvault.api.responses import problems
+from diskvault.backups import errors as backup_errors
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.images.errors import RangeNotSatisfiable
-from diskvault.restore import browse, download, service
+from diskvault.restore import browse, download, errors, service
 from diskvault.restore.browse import Location
 from diskvault.restore.schemas import FileListing, MountOut, MountRequest
 
 log = structlog.get_logger("diskvault.restore")
-router = APIRouter(prefix="/api/v1/restore", tags=["restore"])
+router = APIRouter(
+    prefix="/api/v1/restore",
+    tags=["restore"],
+    responses=problems(errors, backup_errors, RangeNotSatisfiable),
+)
 PageDep = Annotated[PageParams, Depends(page_params)]
 PathQuery = Annotated[str, Query(max_length=4096, description="path inside the partition")]
 PartitionQuery = Annotated[
     int | None,
-    Query(ge=0, description="partition index; default: the first mounted one holding the path"),
+    Query(
+        ge=0, le=128, description="partition index; default: the first mounted one holding the path"
+    ),
 ]
 
 
@@ -103,6 +111,10 @@ def list_files(
     "/{mount_id}/download",
     response_class=Response,
     summary="Download a file (HTTP Range honoured) or a directory as tar or zip",
+    responses={
+        200: {"description": "the file (application/octet-stream) or the directory archive"},
+        206: {"description": "the Range asked of a file"},
+    },
 )
 def download_path(
     mount_id: str,

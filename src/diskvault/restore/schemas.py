@@ -6,9 +6,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from diskvault.api.pagination import Page
 from diskvault.restore.models import MountStatus
+from diskvault.schemas_base import RequestModel
 
 
-class MountRequest(BaseModel):
+class MountRequest(RequestModel):
     backup_id: str = Field(min_length=1, max_length=64, description="any completed restore point")
 
 

@@ -8,14 +8,21 @@ from fastapi import status as http
 
 from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
+from diskvault.api.responses import problems
 from diskvault.domains import optional_module
-from diskvault.targets import manager, service
+from diskvault.errors import Conflict, NotFound, Unprocessable
+from diskvault.images import errors as image_errors
+from diskvault.targets import errors, manager, service
 from diskvault.targets.models import TargetStatus
 from diskvault.targets.reconcile import reconcile
 from diskvault.targets.schemas import TargetCreate, TargetOut, TargetStatusOut
 
 log = structlog.get_logger("diskvault.targets")
-router = APIRouter(prefix="/api/v1/targets", tags=["targets"])
+router = APIRouter(
+    prefix="/api/v1/targets",
+    tags=["targets"],
+    responses=problems(errors, image_errors, Conflict, NotFound, Unprocessable),
+)
 PageDep = Annotated[PageParams, Depends(page_params)]
 ForceQuery = Annotated[
     bool, Query(description="go ahead even while initiators are connected (they are logged out)")

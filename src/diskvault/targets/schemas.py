@@ -1,31 +1,40 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from diskvault.schemas_base import JsonInt, PathStr, RequestModel
 from diskvault.targets.models import TargetStatus
 
 
-class ChapIn(BaseModel):
+class ChapIn(RequestModel):
     user: str = Field(min_length=1, max_length=255)
     secret: str = Field(min_length=1, max_length=255, repr=False)
 
 
-class TargetCreate(BaseModel):
-    """Serve an image (``image_id``) or a writeback layer (``path``) as one LUN."""
+class TargetCreate(RequestModel):
+    """Serve an image (``image_id``) or a writeback layer (``path``) as one LUN: give
+    exactly one of the two (422 otherwise)."""
 
     name: str | None = Field(
         default=None, min_length=1, max_length=100, description="IQN suffix; default the image id"
     )
-    iqn: str | None = Field(default=None, description="explicit IQN instead of a generated one")
-    image_id: str | None = None
-    path: str | None = Field(default=None, description="a file under DISKVAULT_WRITEBACK_PATH")
-    initiators: list[str] = Field(default_factory=list, description="empty: any initiator")
+    iqn: str | None = Field(
+        default=None, max_length=223, description="explicit IQN instead of a generated one"
+    )
+    image_id: str | None = Field(default=None, max_length=32)
+    path: PathStr | None = Field(default=None, description="a file under DISKVAULT_WRITEBACK_PATH")
+    initiators: list[Annotated[str, Field(max_length=223)]] = Field(
+        default_factory=list, max_length=256, description="empty: any initiator"
+    )
     chap: ChapIn | None = None
     mutual_chap: ChapIn | None = None
-    portal: str | None = Field(default=None, description="ip:port; default DISKVAULT_ISCSI_PORTAL")
-    lun: int = Field(default=1, ge=1, le=255, description="LUN 0 is tgt's controller")
+    portal: str | None = Field(
+        default=None, max_length=262, description="ip:port; default DISKVAULT_ISCSI_PORTAL"
+    )
+    lun: JsonInt = Field(default=1, ge=1, le=255, description="LUN 0 is tgt's controller")
     machine_id: str | None = Field(default=None, max_length=32)
 
     @model_validator(mode="after")

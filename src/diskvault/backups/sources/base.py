@@ -80,6 +80,12 @@ class Source(Protocol):
         """Normalized config, or InvalidSource; no I/O."""
         ...
 
+    @classmethod
+    def check(cls, config: dict[str, Any]) -> None:
+        """InvalidSource unless what the config points at is there (files readable,
+        sockets present); a source added ``unverified`` skips it."""
+        ...
+
     def disk_count(self) -> int: ...
 
     def open_disk(self, index: int, opts: RunOptions) -> DiskSession: ...
@@ -105,6 +111,26 @@ def create_target(target: Path, plan: Plan, previous: Previous | None, binary: s
         qemu_img.create(target, "qcow2", plan.virtual_size, binary=binary)
 
 
+def check_present(kind: str, paths: Iterable[str], socket: bool = False) -> None:
+    """InvalidSource naming each path that is missing, unreadable (or not a socket)."""
+    from diskvault.backups.errors import InvalidSource
+
+    bad = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            bad.append(f"{p} does not exist")
+        elif socket and not path.is_socket():
+            bad.append(f"{p} is not a socket")
+        elif not os.access(path, os.R_OK):
+            bad.append(f"{p} is not readable by this server")
+    if bad:
+        raise InvalidSource(
+            kind=kind,
+            detail="; ".join(bad) + " (fix it, or add the source with unverified: true)",
+        )
+
+
 def disk_list(config: dict[str, Any], key: str) -> list[dict[str, Any]]:
     """``disks`` as a list of dicts; a bare string becomes ``{key: value}``."""
     return [d if isinstance(d, dict) else {key: d} for d in config.get("disks", [])]
@@ -128,6 +154,10 @@ class PathDisks:
         if not paths or not all(os.path.isabs(p) for p in paths):
             raise InvalidSource(kind=cls.kind, detail="give 'disks': absolute paths")
         return {"disks": [{"path": p} for p in paths]}
+
+    @classmethod
+    def check(cls, config: dict[str, Any]) -> None:
+        check_present(cls.kind, (d["path"] for d in config["disks"]))
 
     def disk_count(self) -> int:
         return len(self.paths)

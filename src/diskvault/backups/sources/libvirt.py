@@ -204,6 +204,10 @@ class LibvirtSource:
         disks = [str(d) for d in config.get("disks") or []]
         return {"domain": domain, "uri": config.get("uri") or "qemu:///system", "disks": disks}
 
+    @classmethod
+    def check(cls, config: dict[str, Any]) -> None:
+        """The domain is looked up through libvirt at backup time (it may be defined later)."""
+
     def disks(self) -> list[str]:
         if self._disks is None:
             try:

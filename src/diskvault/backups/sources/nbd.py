@@ -22,6 +22,7 @@ from diskvault.backups.sources.base import (
     Plan,
     Previous,
     RunOptions,
+    check_present,
     create_target,
     disk_list,
 )
@@ -182,6 +183,16 @@ class NbdSource:
         if not out:
             raise InvalidSource(kind=cls.kind, detail="give 'url' or 'disks'")
         return {"disks": out}
+
+    @classmethod
+    def check(cls, config: dict[str, Any]) -> None:
+        """A unix socket must be there; a TCP export is only reachable at backup time."""
+        sockets = [
+            parse_qs(urlsplit(d["url"]).query)["socket"][0]
+            for d in config["disks"]
+            if urlsplit(d["url"]).scheme == "nbd+unix"
+        ]
+        check_present(cls.kind, sockets, socket=True)
 
     def disk_count(self) -> int:
         return len(self.disks)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from diskvault.backups.errors import InvalidSource, SourceUnavailable
-from diskvault.backups.sources.base import RunOptions, disk_list
+from diskvault.backups.sources.base import RunOptions, check_present, disk_list
 from diskvault.backups.sources.daemon import clear_leftovers
 from diskvault.backups.sources.qcow2 import BitmapSession
 from diskvault.tools import qmp_block
@@ -37,6 +37,10 @@ class QmpSource:
         if not nodes or not all(nodes):
             raise InvalidSource(kind=cls.kind, detail="give 'disks': block node names")
         return {"socket": socket, "disks": [{"node": n} for n in nodes]}
+
+    @classmethod
+    def check(cls, config: dict[str, Any]) -> None:
+        check_present(cls.kind, [config["socket"]], socket=True)
 
     def disk_count(self) -> int:
         return len(self.nodes)
