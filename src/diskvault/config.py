@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     BACKUP_LOCK_WAIT_S: float = Field(default=6 * 3600.0, gt=0)  # a run waits this long per disk
     BACKUP_POLICY_INTERVAL_S: float = Field(default=30.0, gt=0)  # how often schedules are checked
     BACKUP_RESTORE_ROOTS: list[Path] = Field(default_factory=list)  # empty: any absolute path
+    BACKUP_KEY_FILE: Path | None = None  # default key of repositories with encryption "luks"
 
     # -- restore --
     RESTORE_IDLE_TIMEOUT_S: int = Field(default=3600, ge=10)

@@ -8,6 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from diskvault.backups.models import BackupStatus, BackupType, RepositoryKind, SourceKind
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # used in repository paths
+Encryption = Literal["none", "luks"]
+Compression = Literal["none", "zstd"]
+KEY_FILE = Field(
+    default=None,
+    max_length=1024,
+    pattern=r"^/[^\x00]*$",
+    description="absolute path of the key file (default DISKVAULT_BACKUP_KEY_FILE)",
+)
 
 
 class SourceCreate(BaseModel):
@@ -36,6 +44,22 @@ class RepositoryCreate(BaseModel):
     url: str | None = Field(default=None, description="s3: s3://bucket/prefix?endpoint_url=...")
     immutability_days: float = Field(default=0.0, ge=0)
     attach: bool = Field(default=False, description="rebuild chains from existing sidecars")
+    encryption: Encryption = Field(default="none", description="luks: AES-256-XTS qcow2")
+    compression: Compression = Field(default="none", description="zstd: compressed clusters")
+    key_file: str | None = KEY_FILE
+    create_key: bool = Field(default=False, description="make a new key file (paper key once)")
+
+
+class RepositoryUpdate(BaseModel):
+    compression: Compression | None = None
+    encryption: Encryption | None = Field(default=None, description="only while empty (else 409)")
+    key_file: str | None = KEY_FILE
+    create_key: bool | None = None
+
+
+class RekeyRequest(BaseModel):
+    key_file: str | None = KEY_FILE
+    create_key: bool = False
 
 
 class RepositoryOut(BaseModel):
@@ -50,7 +74,15 @@ class RepositoryOut(BaseModel):
     immutable_flag: bool | None
     total_size_bytes: int | None
     available_size_bytes: int | None
+    encryption: str
+    compression: str
+    key_file: str | None
+    key_fingerprint: str | None
+    keys: list[dict[str, Any]]
     created_at: datetime
+    paper_key: str | None = Field(
+        default=None, description="a key just created, printed once: store it offline"
+    )
 
 
 class RescanOut(BaseModel):
@@ -90,6 +122,7 @@ class BackupOut(BaseModel):
     bytes_transferred: int
     file_size: int
     immutable_until: datetime | None
+    key_fingerprint: str | None
     verify_status: str | None
     verified_at: datetime | None
     verify_detail: str | None
@@ -174,6 +207,7 @@ class PolicyCreate(Retention):
     verify_schedule: str | None = None
     copy_to: str | None = Field(default=None, description="repository for a second copy")
     enabled: bool = True
+    compression: Compression | None = Field(default=None, description="else the repository's")
 
 
 class PolicyOut(BaseModel):
@@ -190,6 +224,7 @@ class PolicyOut(BaseModel):
     verify_schedule: str | None
     copy_repository_id: str | None
     enabled: bool
+    compression: str | None
     last_run_at: datetime | None
     last_verify_at: datetime | None
     created_at: datetime

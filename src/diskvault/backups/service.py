@@ -12,10 +12,12 @@ from sqlalchemy.orm import Session
 
 from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as chains
+from diskvault.backups import keys
 from diskvault.backups import repository as repo_files
 from diskvault.backups.chain import register_busy_check
 from diskvault.backups.errors import (
     BackupNotFound,
+    EncryptionLocked,
     InvalidRepository,
     NotSupportedHere,
     PointNotReady,
@@ -24,6 +26,7 @@ from diskvault.backups.errors import (
     SourceExists,
     SourceNotFound,
 )
+from diskvault.backups.keys import Key
 from diskvault.backups.models import (
     Backup,
     BackupChain,
@@ -37,6 +40,7 @@ from diskvault.backups.models import (
     find_named,
     insert_named,
 )
+from diskvault.backups.restore import Crypt
 from diskvault.backups.sources import SOURCES
 from diskvault.backups.verify import chain_to
 from diskvault.config import Settings
@@ -64,15 +68,23 @@ class RestorePoint:
     chain: list[Path]
     format: str
     virtual_size: int
+    key: Key | None = None  # an encrypted point: every file of its chain takes this key
+
+    @property
+    def crypt(self) -> Crypt | None:
+        return Crypt(self.key, self.chain) if self.key else None
 
 
 def restore_point(session: Session, backup_id: str) -> RestorePoint:
+    """Raises :class:`KeyUnavailable` (naming the fingerprint) for an encrypted point
+    whose key is not at hand, before anything reads it."""
     point = get_backup(session, backup_id)
     if point.status != BackupStatus.completed:
         raise PointNotReady(id=backup_id, status=point.status.value, action="read")
     files = [chains.image_of(session, p) for p in chain_to(session, point)]
+    key = chains.point_key(session, point)
     return RestorePoint(
-        point.id, point.vm_name, point.disk_index, files[-1], files, "qcow2", point.total_bytes
+        point.id, point.vm_name, point.disk_index, files[-1], files, "qcow2", point.total_bytes, key
     )
 
 
@@ -113,8 +125,16 @@ def create_repository(
     path: str | None,
     url: str | None,
     immutability_days: float = 0.0,
+    encryption: str = "none",
+    compression: str = "none",
+    key_file: str | None = None,
+    create_key: bool = False,
 ) -> BackupRepository:
-    row = BackupRepository(name=name, kind=kind, immutability_days=immutability_days)
+    """A new repository; ``create_key`` makes the key file, and its paper key is then
+    in the returned row's ``paper_key`` (not stored anywhere)."""
+    row = BackupRepository(
+        name=name, kind=kind, immutability_days=immutability_days, compression=compression
+    )
     if kind == RepositoryKind.local:
         if not path or not Path(path).is_absolute():
             raise InvalidRepository(detail="a local repository needs an absolute 'path'")
@@ -131,7 +151,102 @@ def create_repository(
             raise InvalidRepository(detail="an s3 repository needs a 'url' (s3://bucket/prefix)")
         provider_from_url(url, settings=settings)  # validates the URL, no network
         row.url = redact_url(url)
-    return insert_named(session, row, RepositoryExists)
+    if by_name_or_id(session, BackupRepository, name) is not None:
+        raise RepositoryExists(name=name)  # before a key file is made for it
+    paper = _set_key(settings, row, encryption, key_file, create_key)
+    insert_named(session, row, RepositoryExists)
+    row.paper_key = paper  # type: ignore[attr-defined]  # shown once, in this response
+    return row
+
+
+def _set_key(
+    settings: Settings,
+    row: BackupRepository,
+    encryption: str,
+    key_file: str | None,
+    create_key: bool,
+) -> str | None:
+    """Check (or create) the key of an encrypted repository; returns a new key's paper key."""
+    keys.check_combination(encryption, row.compression)
+    row.encryption = encryption
+    if encryption == "none":
+        if key_file or create_key:
+            raise InvalidRepository(detail="'key_file' and 'create_key' need encryption 'luks'")
+        row.key_file = row.key_fingerprint = None
+        return None
+    path = key_file or (str(settings.BACKUP_KEY_FILE) if settings.BACKUP_KEY_FILE else None)
+    if not path:
+        raise InvalidRepository(
+            detail="encryption 'luks' needs a key: give 'key_file' (and 'create_key': true "
+            "for a new one) or set DISKVAULT_BACKUP_KEY_FILE"
+        )
+    paper = None
+    if create_key:
+        key, paper = keys.create(path)
+    else:
+        key = keys.load(path)
+    row.key_file, row.key_fingerprint = str(key.path), key.fingerprint
+    return paper
+
+
+def point_count(session: Session, repo: BackupRepository) -> int:
+    return len(
+        session.scalars(
+            select(Backup.id).where(
+                Backup.repository_id == repo.id, Backup.status == BackupStatus.completed
+            )
+        ).all()
+    )
+
+
+def update_repository(
+    settings: Settings, session: Session, repo: BackupRepository, changes: dict[str, Any]
+) -> BackupRepository:
+    """Compression applies to new points; encryption and its key change only while the
+    repository holds no restore points (then it is a rekey: 409)."""
+    if "compression" in changes:
+        keys.check_combination(changes.get("encryption", repo.encryption), changes["compression"])
+        repo.compression = changes["compression"]
+    crypt = {k: changes[k] for k in ("encryption", "key_file", "create_key") if k in changes}
+    paper = None
+    if crypt:
+        if count := point_count(session, repo):
+            session.rollback()
+            raise EncryptionLocked(name=repo.name, count=count)
+        paper = _set_key(
+            settings,
+            repo,
+            crypt.get("encryption", repo.encryption),
+            crypt.get("key_file"),
+            bool(crypt.get("create_key")),
+        )
+    session.commit()
+    repo.paper_key = paper  # type: ignore[attr-defined]
+    return repo
+
+
+def rekey(
+    settings: Settings,
+    session: Session,
+    repo: BackupRepository,
+    key_file: str | None,
+    create_key: bool,
+) -> BackupRepository:
+    """A new key for new chains; the old key (file and fingerprint) stays on record for
+    the points written under it, which stay readable with it until they are pruned."""
+    if repo.encryption != keys.FORMAT:
+        raise NotSupportedHere(
+            f"repository {repo.name} is not encrypted; set its encryption while it is empty"
+        )
+    old = {"fingerprint": repo.key_fingerprint, "key_file": repo.key_file}
+    paper = _set_key(settings, repo, keys.FORMAT, key_file, create_key)
+    if repo.key_fingerprint == old["fingerprint"]:
+        session.rollback()
+        raise InvalidRepository(detail=f"{key_file} holds the current key; give a new key file")
+    repo.keys = [*(k for k in repo.keys or [] if k["fingerprint"] != old["fingerprint"]), old]
+    session.commit()
+    repo.paper_key = paper  # type: ignore[attr-defined]
+    return repo
 
 
 def get_repository(settings: Settings, session: Session, ref: str | None) -> BackupRepository:
@@ -225,6 +340,7 @@ def rescan(session: Session, repo: BackupRepository) -> dict[str, Any]:
                 started_at=repo_files.utc(side["created_at"]),
                 completed_at=repo_files.utc(side.get("completed_at")),
                 immutable_until=until,
+                key_fingerprint=(side.get("encryption") or {}).get("key_fingerprint"),
             )
         )
         added += 1

@@ -98,11 +98,13 @@ class RawSession:
         return None
 
     def copy(self, target: Path, plan: Plan, previous: Previous | None) -> Copied:
-        create_target(target, plan, previous, self.opts.settings.QEMU_IMG_PATH)
+        create_target(target, plan, previous, self.opts)
         server = self._server = start_daemon(self.opts.workdir, self.opts.settings, "raw")
         digests = bytearray()
         written = 0
-        with target_view(server, target, self.opts.backup_id[:12]) as dst:
+        incremental = previous if plan.backup_type == "incremental" else None
+        short = self.opts.backup_id[:12]
+        with target_view(server, target, short, incremental, self.opts.storage) as dst:
             src = os.open(self.path, os.O_RDONLY)
             try:
                 written = self._pump(src, dst, plan, digests)
