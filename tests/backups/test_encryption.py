@@ -434,3 +434,22 @@ backup(settings, "vm1", {repo!r}, speed=2 * 1024 * 1024)
         stop_stale(bsettings.temp_dir / "backup-work" / "vm1-disk0")
     assert has_marker(root, bsettings.temp_dir) == []
     assert qemu_img.info(partials[0], "qcow2", force_share=True)["encrypted"] is True
+
+
+def test_compressed_raw_source_chain(bsettings: Settings, tmp_path: Path, vm: Path) -> None:
+    """A raw source writes through the FUSE view: a compress filter node stores its
+    clusters compressed, the incremental's too."""
+    raw = tmp_path / "vm2.raw"
+    qemu_img.convert(vm, "qcow2", raw, "raw")
+    add_source(bsettings, "vm2", "raw", path=str(raw))
+    repo = add_repo(bsettings, "zst", tmp_path / "zst", compression="zstd")
+    first = backup(bsettings, "vm2", repo)
+    saved = save(raw, tmp_path / "saved.raw")
+    qemu_io.run(raw, "raw", [f"write -P 5 {3 * MiB} {2 * MiB}", f"write -z {9 * MiB} 65536"])
+    second = backup(bsettings, "vm2", repo)
+    assert point(bsettings, second).backup_type == "incremental"
+    assert qemu_img.compare(image(bsettings, first), saved, "qcow2", "raw")
+    assert qemu_img.compare(image(bsettings, second), raw, "qcow2", "raw")
+    for backup_id in (first, second):
+        checked = qemu_img.check(image(bsettings, backup_id), "qcow2")
+        assert checked["result"] == "clean" and checked["compressed-clusters"] > 0
