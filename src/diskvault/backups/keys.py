@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from diskvault.backups.errors import InvalidKeyFile, InvalidRepository, KeyUnavailable
+from diskvault.config import Settings
 from diskvault.tools import qemu_img
 
 KEY_BYTES = 32
@@ -186,10 +187,14 @@ def resolve(repo: Any, fingerprint_needed: str | None, what: str) -> Key | None:
     )
 
 
-def template(key: Key, cache: Path, compression: str | None, binary: str) -> Path:
+def template_dir(settings: Settings) -> Path:
+    return settings.temp_dir / "backup-keys"
+
+
+def template(key: Key, cache: Path, binary: str) -> Path:
     """An empty encrypted qcow2 made once per key: a new point is a copy of it (LUKS setup
     benchmarks PBKDF2 for over a second, so ``qemu-img create`` per point costs that)."""
-    name = f"luks-{key.fingerprint.replace(':', '')}-{compression or 'none'}.qcow2"
+    name = f"luks-{key.fingerprint.replace(':', '')}.qcow2"
     path = cache / name
     if path.is_file():
         return path
@@ -200,8 +205,6 @@ def template(key: Key, cache: Path, compression: str | None, binary: str) -> Pat
         "encrypt.key-secret": SECRET_ID,
         "encrypt.iter-time": ITER_TIME_MS,
     }
-    if compression:
-        options["compression_type"] = compression
     try:
         for attempt in range(CREATE_ATTEMPTS):
             try:

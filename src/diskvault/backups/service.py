@@ -186,6 +186,9 @@ def _set_key(
     else:
         key = keys.load(path)
     row.key_file, row.key_fingerprint = str(key.path), key.fingerprint
+    # The LUKS setup of the points' template costs a few seconds once per key: here,
+    # rather than in the first backup.
+    keys.template(key, keys.template_dir(settings), settings.QEMU_IMG_PATH)
     return paper
 
 

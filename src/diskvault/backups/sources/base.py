@@ -114,8 +114,8 @@ def create_target(target: Path, plan: Plan, previous: Previous | None, opts: Run
     # Relative: the chain keeps working wherever the repository is moved or copied.
     backing = previous.image.name if plan.backup_type == "incremental" and previous else None
     if storage.key is not None:
-        cache = opts.settings.temp_dir / "backup-keys"
-        shutil.copyfile(keys.template(storage.key, cache, storage.compression, binary), target)
+        cache = keys.template_dir(opts.settings)
+        shutil.copyfile(keys.template(storage.key, cache, binary), target)
         image, objects = storage.key.image(target), storage.key.objects()
         qemu_img.resize(image, "qcow2", plan.virtual_size, objects=objects, binary=binary)
         if backing is not None:
