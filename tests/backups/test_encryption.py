@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from diskvault.backups import chain as chains
 from diskvault.backups import copy as copies
@@ -453,3 +454,6 @@ def test_compressed_raw_source_chain(bsettings: Settings, tmp_path: Path, vm: Pa
     for backup_id in (first, second):
         checked = qemu_img.check(image(bsettings, backup_id), "qcow2")
         assert checked["result"] == "clean" and checked["compressed-clusters"] > 0
+    # Unencrypted, the hash map holds plain hashes (an encrypted repository's are keyed).
+    plain_zero = xxhash.xxh3_128_digest(bytes(64 * 1024))
+    assert plain_zero in (tmp_path / "zst").rglob("*.hashmap").__next__().read_bytes()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from diskvault.backups import keys
 from diskvault.backups.errors import KeyUnavailable
@@ -37,6 +38,10 @@ def test_mount_of_an_encrypted_point(tmp_path: Path) -> None:
     head = backup(settings, "flat", repo, "incremental")
     for path in root.rglob("*"):
         assert not path.is_file() or MARKER.encode() not in path.read_bytes(), path
+    # The raw source's hash maps are keyed: a known cluster's plain hash is not there.
+    zero = xxhash.xxh3_128_digest(bytes(64 * 1024))
+    maps = list(root.rglob("*.hashmap"))
+    assert len(maps) == 2 and all(zero not in m.read_bytes() for m in maps)
 
     with session_scope(settings.DATABASE_URL) as s:
         row = service.mount(settings, s, head, owner=None)

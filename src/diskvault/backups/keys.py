@@ -59,8 +59,10 @@ class Key:
         return "json:" + json.dumps(opts)
 
     @property
-    def qmp_encrypt(self) -> dict[str, str]:
-        return {"format": FORMAT, "key-secret": SECRET_ID}
+    def hash_seed(self) -> int:
+        """A 64-bit seed for the hash maps of raw sources, derived from the key."""
+        digest = hashlib.sha256(b"diskvault hash map seed\0" + self.data).digest()
+        return int.from_bytes(digest[:8], "little")
 
 
 def check_combination(encryption: str | None, compression: str | None) -> None:
