@@ -28,6 +28,7 @@ from diskvault.db.engine import session_scope
 from diskvault.tools import qemu_img, qemu_io
 from diskvault.tools.qsd import QsdServer
 from support.backups_env import add_repo, add_source, backup, image, point, save
+from support.backups_servers import qemu_nbd, url
 
 MiB = 1024 * 1024
 SIZE = 16 * MiB
@@ -457,3 +458,37 @@ def test_compressed_raw_source_chain(bsettings: Settings, tmp_path: Path, vm: Pa
     # Unencrypted, the hash map holds plain hashes (an encrypted repository's are keyed).
     plain_zero = xxhash.xxh3_128_digest(bytes(64 * 1024))
     assert plain_zero in (tmp_path / "zst").rglob("*.hashmap").__next__().read_bytes()
+
+
+def test_encrypted_nbd_source_chain_and_restore_to_nbd(
+    bsettings: Settings, tmp_path: Path, key: Path
+) -> None:
+    """An NBD source's incremental writes dirty extents through the FUSE view of a
+    target opened on its encrypted chain; the point restores onto an NBD export."""
+    disk = marked_disk(tmp_path / "nvm.qcow2", tmp_path)
+    qemu_img.bitmap(disk, "b0", "add")
+    sock = tmp_path / "nbd.sock"
+    add_source(bsettings, "nvm", "nbd", url=url(sock), bitmap="b0")
+    repo = luks_repo(bsettings, tmp_path / "repo", key)
+    with qemu_nbd(disk, sock, bitmap="b0"):
+        backup(bsettings, "nvm", repo)
+        qemu_io.run(url(sock), "raw", [f"write -P 7 {MiB} {MiB}", f"write -z {5 * MiB} 65536"])
+        second = backup(bsettings, "nvm", repo)
+    assert point(bsettings, second).backup_type == "incremental"
+    assert same_as(bsettings, second, disk)
+    assert has_marker(tmp_path / "repo", bsettings.temp_dir) == []
+    target = tmp_path / "target.qcow2"
+    qemu_img.create(target, "qcow2", SIZE)
+    qemu_io.run(target, "qcow2", [f"write -P 3 0 {SIZE}"])  # old data that must go
+    rp = opened(bsettings, second)
+    with qemu_nbd(target, tmp_path / "restore.sock"):
+        out = restore.to_nbd(
+            bsettings,
+            rp.id,
+            rp.image,
+            url(tmp_path / "restore.sock"),
+            virtual_size=SIZE,
+            workdir=tmp_path / "work",
+            crypt=rp.crypt,
+        )
+    assert out["verified"] and qemu_img.compare(target, disk, "qcow2", "qcow2")

@@ -57,7 +57,12 @@ class Crypt:
 
 
 def _verified(
-    settings: Settings, image: Path, dest: str, fmt: str, point_id: str, crypt: Crypt | None
+    settings: Settings,
+    image: Path,
+    dest: str | qemu_img.Image,
+    fmt: str,
+    point_id: str,
+    crypt: Crypt | None,
 ) -> None:
     if not qemu_img.compare(
         crypt.source(image) if crypt else image,
@@ -67,7 +72,8 @@ def _verified(
         objects=crypt.key.objects() if crypt else (),
         binary=settings.QEMU_IMG_PATH,
     ):
-        raise RestoreMismatch(target=dest, id=point_id)
+        target = dest.path if isinstance(dest, qemu_img.Image) else dest
+        raise RestoreMismatch(target=str(target), id=point_id)
 
 
 def to_file(
@@ -140,7 +146,11 @@ def to_nbd(
             server.blockdev_del("dst")
     finally:
         server.stop()
-    _verified(settings, image, url, "raw", point_id, crypt)
+    # With a key, compare takes --image-opts for both sides: the export by its options.
+    opts = blockdev_server(url)
+    opts |= {f"server.{k}": v for k, v in opts.pop("server").items()}
+    dest = qemu_img.Image(url, "raw", file=opts) if crypt else url
+    _verified(settings, image, dest, "raw", point_id, crypt)
     return {"target": "nbd", "url": url, "verified": True}
 
 

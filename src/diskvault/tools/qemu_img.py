@@ -41,12 +41,14 @@ class Image:
     fmt: str = "qcow2"
     secret: str | None = None
     depth: int = 0
+    file: Mapping[str, OptionValue] | None = None  # protocol options instead of the path
 
     def opts(self) -> str:
-        options: dict[str, OptionValue] = {
-            "driver": self.fmt,
-            "file.filename": os.fspath(self.path),
-        }
+        options: dict[str, OptionValue] = {"driver": self.fmt}
+        if self.file is not None:
+            options.update({f"file.{k}": v for k, v in self.file.items()})
+        else:
+            options["file.filename"] = os.fspath(self.path)
         if self.secret is not None:
             for level in range(self.depth + 1):
                 options["backing." * level + "encrypt.key-secret"] = self.secret
