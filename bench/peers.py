@@ -31,6 +31,7 @@ import os
 import random
 import shutil
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +192,7 @@ class Borg(Tool):
         import subprocess
 
         argv = ["borg", *(os.fspath(a) if isinstance(a, Path) else str(a) for a in args)]
-        print("+ " + " ".join(argv), flush=True)
+        print("+ " + " ".join(argv), file=sys.stderr, flush=True)
         subprocess.run(argv, env=self.env, cwd=cwd, check=True, timeout=7200, capture_output=True)
 
     def _create(self) -> None:
@@ -227,7 +228,7 @@ class Restic(Tool):
         import subprocess
 
         argv = ["restic", *(str(a) for a in args)]
-        print("+ " + " ".join(argv), flush=True)
+        print("+ " + " ".join(argv), file=sys.stderr, flush=True)
         subprocess.run(argv, env=self.env, check=True, timeout=7200, capture_output=True)
 
     def _backup(self) -> None:
@@ -309,25 +310,12 @@ def incompressible(work: Path, size: int, runs: int) -> tuple[float, float]:
     for _ in range(runs):
         plain.append(timed(Vault(work, disk, "rnd plain").full))
         zstd.append(timed(Vault(work, disk, "rnd zstd", compression="zstd").full))
+    for path in (disk, work / "rnd plain", work / "rnd zstd"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return statistics.median(plain), statistics.median(zstd)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size-gib", type=float, default=4.0)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--work", type=Path, default=Path("/var/tmp/diskvault-bench-peers"))
-    args = parser.parse_args()
-    configure("WARNING")
-    size = int(args.size_gib * GiB) // MiB * MiB
-    work = args.work
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    base = (work / "base.raw", work / "base.qcow2")
-    make_disk(*base, size)
-    out: dict[str, Figures] = {}
-    for n in range(args.runs):
-        one_round(work, base, size, n, out)
+def report(out: dict[str, Figures], size: int, rounds: int) -> None:
     med = {
         name: (
             statistics.median(f.full),
@@ -352,7 +340,7 @@ def main() -> None:
             "restore",
         ],
         title=f"{fmt_bytes(size)} disk (40% zeros, 30% text, 30% random), 5% rewritten, "
-        f"medians of {args.runs} round(s); ratios vs the best of borg/restic",
+        f"medians of {rounds} round(s); ratios vs the best of borg/restic",
     )
     for name, (full, incr, stored, rest) in med.items():
         table.add(
@@ -371,10 +359,29 @@ def main() -> None:
         "goals (diskvault / best peer): incr <= 0.5x, full <= 1.0x, bytes <= 1.3x (zstd), "
         "restore <= 1.0x; every restore was compared byte for byte with the disk"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-gib", type=float, default=4.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/diskvault-bench-peers"))
+    args = parser.parse_args()
+    configure("WARNING")
+    size = int(args.size_gib * GiB) // MiB * MiB
+    work = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    base = (work / "base.raw", work / "base.qcow2")
+    make_disk(*base, size)
     plain, zstd = incompressible(work, max(size // 4 // MiB * MiB, MiB), args.runs)
     rnd = Table(["measure", "plain (s)", "zstd (s)", "ratio"], title="incompressible data")
     rnd.add(f"full of {fmt_bytes(size // 4)} random", plain, zstd, ratio(zstd, plain))
     rnd.print()
+    out: dict[str, Figures] = {}
+    for n in range(args.runs):
+        one_round(work, base, size, n, out)
+        report(out, size, n + 1)  # after each round, so a cut-short run still tells
     shutil.rmtree(work, ignore_errors=True)
 
 
