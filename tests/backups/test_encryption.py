@@ -14,7 +14,7 @@ import xxhash
 
 from diskvault.backups import chain as chains
 from diskvault.backups import copy as copies
-from diskvault.backups import keys, restore, service, verify
+from diskvault.backups import keys, policies, restore, service, verify
 from diskvault.backups.errors import (
     EncryptionLocked,
     InvalidKeyFile,
@@ -492,3 +492,20 @@ def test_encrypted_nbd_source_chain_and_restore_to_nbd(
             crypt=rp.crypt,
         )
     assert out["verified"] and qemu_img.compare(target, disk, "qcow2", "qcow2")
+
+
+def test_policy_compression(bsettings: Settings, tmp_path: Path, vm: Path, key: Path) -> None:
+    """A policy's compression overrides its plain repository's; on an encrypted one
+    it is refused."""
+    plain = add_repo(bsettings, "plain", tmp_path / "plain")
+    luks_repo(bsettings, tmp_path / "secure", key)
+    body = {"name": "zst", "sources": ["vm1"], "repository": "plain", "compression": "zstd"}
+    with session_scope(bsettings.DATABASE_URL) as s:
+        assert policies.create(bsettings, s, body).compression == "zstd"
+        with pytest.raises(InvalidRepository, match="unencrypted"):
+            policies.create(bsettings, s, body | {"name": "bad", "repository": "secure"})
+    unpacked = backup(bsettings, "vm1", plain, "full")
+    packed = backup(bsettings, "vm1", plain, "full", compression="zstd")
+    assert qemu_img.check(image(bsettings, unpacked), "qcow2").get("compressed-clusters", 0) == 0
+    assert qemu_img.check(image(bsettings, packed), "qcow2")["compressed-clusters"] > 0
+    assert qemu_img.compare(image(bsettings, packed), vm, "qcow2", "qcow2")
