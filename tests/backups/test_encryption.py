@@ -201,7 +201,7 @@ def test_encryption_with_compression_is_refused(
     repo = luks_repo(bsettings, tmp_path / "repo", key)
     with session_scope(bsettings.DATABASE_URL) as s, pytest.raises(InvalidRepository):
         row = s.get(BackupRepository, repo)
-        service.update_repository(bsettings, s, row, {"compression": "zstd"})
+        keys.update_repository(bsettings, s, row, {"compression": "zstd"})
 
 
 def test_encryption_without_a_key_is_refused(bsettings: Settings, tmp_path: Path) -> None:
@@ -355,12 +355,12 @@ def test_rekey_starts_a_new_chain_and_old_points_stay_readable(
     with session_scope(bsettings.DATABASE_URL) as s:
         row = s.get(BackupRepository, repo)
         with pytest.raises(EncryptionLocked, match="rekey"):
-            service.update_repository(bsettings, s, row, {"encryption": "none"})
+            keys.update_repository(bsettings, s, row, {"encryption": "none"})
         with pytest.raises(EncryptionLocked):
-            service.update_repository(bsettings, s, row, {"key_file": str(key)})
+            keys.update_repository(bsettings, s, row, {"key_file": str(key)})
         row = s.get(BackupRepository, repo)
         assert row.encryption == "luks"
-        service.rekey(bsettings, s, row, str(tmp_path / "new.key"), True)
+        keys.rekey(bsettings, s, row, str(tmp_path / "new.key"), True)
         assert row.keys == [{"fingerprint": keys.load(key).fingerprint, "key_file": str(key)}]
     rewrite(vm, tmp_path, 3 * MiB, seed=9)
     new = backup(bsettings, "vm1", repo)

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
-from diskvault.backups import policies, retention, service
+from diskvault.backups import keys, policies, retention, service
 from diskvault.backups.errors import InvalidRestoreTarget, NotSupportedHere
 from diskvault.backups.models import BackupStatus
 from diskvault.backups.restore import check_destination
@@ -98,7 +98,7 @@ def update_repository(
 ) -> Any:
     """Compression applies to new points; encryption only changes while it is empty."""
     repo = service.get_repository(settings, db, ref)
-    repo = service.update_repository(settings, db, repo, body.model_dump(exclude_unset=True))
+    repo = keys.update_repository(settings, db, repo, body.model_dump(exclude_unset=True))
     paper = getattr(repo, "paper_key", None)
     return RepositoryOut.model_validate(repo).model_copy(update={"paper_key": paper})
 
@@ -111,7 +111,7 @@ def update_repository(
 def rekey(ref: str, body: RekeyRequest, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
     """New chains under a new key; older points stay readable with the old one."""
     repo = service.get_repository(settings, db, ref)
-    repo = service.rekey(settings, db, repo, body.key_file, body.create_key)
+    repo = keys.rekey(settings, db, repo, body.key_file, body.create_key)
     paper = getattr(repo, "paper_key", None)
     return RepositoryOut.model_validate(repo).model_copy(update={"paper_key": paper})
 

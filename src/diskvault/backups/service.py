@@ -17,7 +17,6 @@ from diskvault.backups import repository as repo_files
 from diskvault.backups.chain import register_busy_check
 from diskvault.backups.errors import (
     BackupNotFound,
-    EncryptionLocked,
     InvalidRepository,
     NotSupportedHere,
     PointNotReady,
@@ -153,103 +152,10 @@ def create_repository(
         row.url = redact_url(url)
     if by_name_or_id(session, BackupRepository, name) is not None:
         raise RepositoryExists(name=name)  # before a key file is made for it
-    paper = _set_key(settings, row, encryption, key_file, create_key)
+    paper = keys.set_key(settings, row, encryption, key_file, create_key)
     insert_named(session, row, RepositoryExists)
     row.paper_key = paper  # type: ignore[attr-defined]  # shown once, in this response
     return row
-
-
-def _set_key(
-    settings: Settings,
-    row: BackupRepository,
-    encryption: str,
-    key_file: str | None,
-    create_key: bool,
-) -> str | None:
-    """Check (or create) the key of an encrypted repository; returns a new key's paper key."""
-    keys.check_combination(encryption, row.compression)
-    row.encryption = encryption
-    if encryption == "none":
-        if key_file or create_key:
-            raise InvalidRepository(detail="'key_file' and 'create_key' need encryption 'luks'")
-        row.key_file = row.key_fingerprint = None
-        return None
-    path = key_file or (str(settings.BACKUP_KEY_FILE) if settings.BACKUP_KEY_FILE else None)
-    if not path:
-        raise InvalidRepository(
-            detail="encryption 'luks' needs a key: give 'key_file' (and 'create_key': true "
-            "for a new one) or set DISKVAULT_BACKUP_KEY_FILE"
-        )
-    paper = None
-    if create_key:
-        key, paper = keys.create(path)
-    else:
-        key = keys.load(path)
-    row.key_file, row.key_fingerprint = str(key.path), key.fingerprint
-    # The LUKS setup of the points' template costs a few seconds once per key: here,
-    # rather than in the first backup.
-    keys.template(key, keys.template_dir(settings), settings.QEMU_IMG_PATH)
-    return paper
-
-
-def point_count(session: Session, repo: BackupRepository) -> int:
-    return len(
-        session.scalars(
-            select(Backup.id).where(
-                Backup.repository_id == repo.id, Backup.status == BackupStatus.completed
-            )
-        ).all()
-    )
-
-
-def update_repository(
-    settings: Settings, session: Session, repo: BackupRepository, changes: dict[str, Any]
-) -> BackupRepository:
-    """Compression applies to new points; encryption and its key change only while the
-    repository holds no restore points (then it is a rekey: 409)."""
-    if "compression" in changes:
-        keys.check_combination(changes.get("encryption", repo.encryption), changes["compression"])
-        repo.compression = changes["compression"]
-    crypt = {k: changes[k] for k in ("encryption", "key_file", "create_key") if k in changes}
-    paper = None
-    if crypt:
-        if count := point_count(session, repo):
-            session.rollback()
-            raise EncryptionLocked(name=repo.name, count=count)
-        paper = _set_key(
-            settings,
-            repo,
-            crypt.get("encryption", repo.encryption),
-            crypt.get("key_file"),
-            bool(crypt.get("create_key")),
-        )
-    session.commit()
-    repo.paper_key = paper  # type: ignore[attr-defined]
-    return repo
-
-
-def rekey(
-    settings: Settings,
-    session: Session,
-    repo: BackupRepository,
-    key_file: str | None,
-    create_key: bool,
-) -> BackupRepository:
-    """A new key for new chains; the old key (file and fingerprint) stays on record for
-    the points written under it, which stay readable with it until they are pruned."""
-    if repo.encryption != keys.FORMAT:
-        raise NotSupportedHere(
-            f"repository {repo.name} is not encrypted; set its encryption while it is empty"
-        )
-    old = {"fingerprint": repo.key_fingerprint, "key_file": repo.key_file}
-    paper = _set_key(settings, repo, keys.FORMAT, key_file, create_key)
-    if repo.key_fingerprint == old["fingerprint"]:
-        session.rollback()
-        raise InvalidRepository(detail=f"{key_file} holds the current key; give a new key file")
-    repo.keys = [*(k for k in repo.keys or [] if k["fingerprint"] != old["fingerprint"]), old]
-    session.commit()
-    repo.paper_key = paper  # type: ignore[attr-defined]
-    return repo
 
 
 def get_repository(settings: Settings, session: Session, ref: str | None) -> BackupRepository:
