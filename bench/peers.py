@@ -27,6 +27,7 @@ diskvault's restore is its job's own path: ``qemu-img convert`` to the file, the
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import shutil
@@ -120,10 +121,11 @@ def same_bytes(a: Path, b: Path) -> bool:
 
 class Tool:
     name = ""
+    made = itertools.count()
 
     def __init__(self, work: Path) -> None:
-        self.work = work / self.name
-        shutil.rmtree(self.work, ignore_errors=True)
+        # A new directory each time: diskvault keeps its engines by database URL.
+        self.work = work / f"{self.name}-{next(self.made)}"
         self.work.mkdir(parents=True)
 
     def full(self) -> None: ...
@@ -296,6 +298,8 @@ def one_round(
         if not same_bytes(dest, raw):
             raise SystemExit(f"{tool.name}: the restored disk differs from the disk")
         dest.unlink()
+    for tool in tools:
+        shutil.rmtree(tool.work)
 
 
 def incompressible(work: Path, size: int, runs: int) -> tuple[float, float]:
@@ -310,8 +314,9 @@ def incompressible(work: Path, size: int, runs: int) -> tuple[float, float]:
     for _ in range(runs):
         plain.append(timed(Vault(work, disk, "rnd plain").full))
         zstd.append(timed(Vault(work, disk, "rnd zstd", compression="zstd").full))
-    for path in (disk, work / "rnd plain", work / "rnd zstd"):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in work.glob("rnd *"):
+            shutil.rmtree(path)
+    disk.unlink()
     return statistics.median(plain), statistics.median(zstd)
 
 
