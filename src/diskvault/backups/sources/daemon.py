@@ -36,12 +36,14 @@ class TargetNode:
     secret: str | None = None
 
     def close(self) -> None:
-        with contextlib.suppress(QsdError):
+        """Deleting the node writes the image's metadata out: its failure is raised."""
+        try:
             self.client.blockdev_del(self.node)
-        self.client.close_chain(f"{self.node}b", self.chain)
-        if self.secret is not None:
-            with contextlib.suppress(QsdError):
-                self.client.del_secret(self.secret)
+        finally:
+            self.client.close_chain(f"{self.node}b", self.chain)
+            if self.secret is not None:
+                with contextlib.suppress(QsdError):
+                    self.client.del_secret(self.secret)
 
 
 def open_target(
@@ -65,8 +67,8 @@ def open_target(
         below: str | Literal[False] = False
         if previous is not None:
             files = previous.chain or (previous.image,)
+            opened.chain = len(files)  # closing skips the nodes that were not opened
             below = client.open_chain(files, f"{node}b", encrypt=encrypt)
-            opened.chain = len(files)
         client.blockdev_add(
             node,
             "qcow2",
@@ -77,7 +79,8 @@ def open_target(
             **opts,
         )
     except BaseException:
-        opened.close()
+        with contextlib.suppress(QsdError):
+            opened.close()
         raise
     return opened
 
