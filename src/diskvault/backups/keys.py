@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from diskvault.backups.errors import (
@@ -273,13 +273,10 @@ def set_key(
 
 
 def point_count(session: Session, repo: BackupRepository) -> int:
-    return len(
-        session.scalars(
-            select(Backup.id).where(
-                Backup.repository_id == repo.id, Backup.status == BackupStatus.completed
-            )
-        ).all()
+    stmt = select(func.count()).where(
+        Backup.repository_id == repo.id, Backup.status == BackupStatus.completed
     )
+    return int(session.scalar(stmt) or 0)
 
 
 def update_repository(
