@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     # NBD servers whole-disk restores may write to: "host:port" or a unix socket path.
     BACKUP_RESTORE_NBD_TARGETS: list[str] = Field(default_factory=list)  # empty: none
     BACKUP_RESTORE_NBD_TIMEOUT_S: float = Field(default=5.0, gt=0, le=120)
+    BACKUP_KEY_FILE: Path | None = None  # default key of repositories with encryption "luks"
 
     # -- restore --
     RESTORE_IDLE_TIMEOUT_S: int = Field(default=3600, ge=10)

@@ -21,9 +21,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from diskvault.backups import checksums
+from diskvault.backups import checksums, keys
 from diskvault.backups import repository as repo_files
 from diskvault.backups.errors import PointImmutable, PointInUse, RepositoryNotFound
+from diskvault.backups.keys import Key
 from diskvault.backups.models import (
     Backup,
     BackupChain,
@@ -61,6 +62,16 @@ def root_of(session: Session, repository_id: str) -> Path:
     if repo is None or repo.path is None:
         raise RepositoryNotFound(id=repository_id)
     return Path(repo.path)
+
+
+def point_key(session: Session, point: Backup) -> Key | None:
+    """The key an encrypted point's files open with (KeyUnavailable if it is missing)."""
+    if not point.key_fingerprint:
+        return None
+    repo = session.get(BackupRepository, point.repository_id)
+    if repo is None:
+        raise RepositoryNotFound(id=point.repository_id)
+    return keys.resolve(repo, point.key_fingerprint, f"restore point {point.id}")
 
 
 def image_of(session: Session, point: Backup) -> Path:
@@ -242,13 +253,7 @@ def delete_point(settings: Settings, session: Session, point: Backup) -> None:
             parent = points[index - 1]
             child_image = image_of(session, child)
             parent_image = image_of(session, parent)
-            qemu_img.rebase(
-                child_image,
-                "qcow2",
-                parent_image.name,
-                "qcow2",
-                binary=settings.QEMU_IMG_PATH,
-            )
+            _rebase(settings, point_key(session, child), child_image, index + 1, parent_image)
             child.parent_backup_id = parent.id
             rewrite_sidecar(child, child_image, parent={"id": parent.id, "file": parent_image.name})
         repo_files.delete_point_files(image_of(session, point))
@@ -257,6 +262,29 @@ def delete_point(settings: Settings, session: Session, point: Backup) -> None:
     if chain is not None:
         refresh(session, chain)
     session.commit()
+
+
+def _rebase(settings: Settings, key: Key | None, child: Path, depth: int, parent: Path) -> None:
+    """Safe rebase of ``child`` (``depth`` layers below it) onto ``parent``, one layer
+    further down. An encrypted new backing is named by a ``json:`` filename carrying
+    its key (qemu-img rebase gives the new backing no other options), then the header
+    gets its plain relative name with an unsafe rebase (same content)."""
+    if key is None:
+        qemu_img.rebase(child, "qcow2", parent.name, "qcow2", binary=settings.QEMU_IMG_PATH)
+        return
+    objects, binary = key.objects(), settings.QEMU_IMG_PATH
+    backing = key.json_filename(parent, depth - 2)
+    image = key.image(child, depth)
+    qemu_img.rebase(image, "qcow2", backing, "qcow2", objects=objects, binary=binary)
+    qemu_img.rebase(
+        key.image(child),
+        "qcow2",
+        parent.name,
+        "qcow2",
+        unsafe=True,
+        objects=objects,
+        binary=binary,
+    )
 
 
 def merge_full_forward(settings: Settings, session: Session, points: list[Backup]) -> None:
@@ -268,7 +296,14 @@ def merge_full_forward(settings: Settings, session: Session, points: list[Backup
         if p is not None:
             release_flag(session, p)
     full_image, child_image = image_of(session, full), image_of(session, child)
-    qemu_img.commit(child_image, "qcow2", drop=False, binary=settings.QEMU_IMG_PATH)
+    key = point_key(session, child)
+    qemu_img.commit(
+        key.image(child_image, 1) if key else child_image,
+        "qcow2",
+        drop=False,
+        objects=key.objects() if key else (),
+        binary=settings.QEMU_IMG_PATH,
+    )
     new_image = child_image.with_name("full-" + child_image.name.split("-", 1)[1])
     os.link(full_image, new_image)
     child_map = repo_files.hashmap_path(child_image)
@@ -277,7 +312,13 @@ def merge_full_forward(settings: Settings, session: Session, points: list[Backup
     if grandchild is not None:
         gc_image = image_of(session, grandchild)
         qemu_img.rebase(
-            gc_image, "qcow2", new_image.name, "qcow2", unsafe=True, binary=settings.QEMU_IMG_PATH
+            key.image(gc_image) if key else gc_image,
+            "qcow2",
+            new_image.name,
+            "qcow2",
+            unsafe=True,
+            objects=key.objects() if key else (),
+            binary=settings.QEMU_IMG_PATH,
         )
         rewrite_sidecar(grandchild, gc_image, parent={"id": child.id, "file": new_image.name})
     child.backup_type = BackupType.full

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.responses import problems
-from diskvault.backups import errors, policies, retention, service
+from diskvault.backups import errors, keys, policies, retention, service
 from diskvault.backups.errors import NotSupportedHere
 from diskvault.backups.models import BackupStatus, SourceKind
 from diskvault.backups.schemas import (
@@ -19,8 +19,10 @@ from diskvault.backups.schemas import (
     PolicyCreate,
     PolicyOut,
     PruneRequest,
+    RekeyRequest,
     RepositoryCreate,
     RepositoryOut,
+    RepositoryUpdate,
     RescanOut,
     RestoreRequest,
     SourceCreate,
@@ -79,10 +81,43 @@ def create_repository(body: RepositoryCreate, _: AdminDep, db: DbDep, settings: 
         path=body.path,
         url=body.url,
         immutability_days=body.immutability_days,
+        encryption=body.encryption,
+        compression=body.compression,
+        key_file=body.key_file,
+        create_key=body.create_key,
     )
+    paper = getattr(repo, "paper_key", None)
     if body.attach:
         service.rescan(db, repo)
-    return repo
+    return RepositoryOut.model_validate(repo).model_copy(update={"paper_key": paper})
+
+
+@router.patch(
+    "/repositories/{ref}",
+    response_model=RepositoryOut,
+    responses={409: {"description": "encryption change of a repository with points"}},
+)
+def update_repository(
+    ref: str, body: RepositoryUpdate, _: AdminDep, db: DbDep, settings: SettingsDep
+) -> Any:
+    """Compression applies to new points; encryption only changes while it is empty."""
+    repo = service.get_repository(settings, db, ref)
+    repo = keys.update_repository(settings, db, repo, body.model_dump(exclude_unset=True))
+    paper = getattr(repo, "paper_key", None)
+    return RepositoryOut.model_validate(repo).model_copy(update={"paper_key": paper})
+
+
+@router.post(
+    "/repositories/{ref}/rekey",
+    response_model=RepositoryOut,
+    responses={400: {"description": "not encrypted"}, 422: {"description": "bad key file"}},
+)
+def rekey(ref: str, body: RekeyRequest, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
+    """New chains under a new key; older points stay readable with the old one."""
+    repo = service.get_repository(settings, db, ref)
+    repo = keys.rekey(settings, db, repo, body.key_file, body.create_key)
+    paper = getattr(repo, "paper_key", None)
+    return RepositoryOut.model_validate(repo).model_copy(update={"paper_key": paper})
 
 
 @router.get("/repositories", response_model=Page[RepositoryOut])

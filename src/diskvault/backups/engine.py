@@ -21,9 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from diskvault.backups import chain as chains
-from diskvault.backups import checksums
+from diskvault.backups import checksums, keys
 from diskvault.backups import repository as repo_files
-from diskvault.backups.errors import RepositoryFull, SourceNotFound
+from diskvault.backups.errors import NotSupportedHere, RepositoryFull, SourceNotFound
 from diskvault.backups.locks import disk_lock, lock_key
 from diskvault.backups.models import (
     Backup,
@@ -34,7 +34,14 @@ from diskvault.backups.models import (
     BackupType,
 )
 from diskvault.backups.sources import SOURCES
-from diskvault.backups.sources.base import DiskSession, Kind, Plan, Previous, RunOptions
+from diskvault.backups.sources.base import (
+    DiskSession,
+    Kind,
+    Plan,
+    Previous,
+    RunOptions,
+    Storage,
+)
 from diskvault.backups.sources.base import tracking_name as marker
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
@@ -56,6 +63,7 @@ class RunRequest:
     speed: int | None = None
     max_chain_length: int | None = None
     immutability_days: float | None = None
+    compression: str | None = None  # the policy's, else the repository's
 
 
 def run(
@@ -110,11 +118,27 @@ def _previous(s: Session, root: Path, chain: BackupChain | None) -> Previous | N
         tracking = repo_files.read_sidecar(repo_files.sidecar_path(image)).get("tracking", {})
     except (OSError, ValueError):
         tracking = {}
-    return Previous(head.id, image, dict(tracking), head.total_bytes)
+    files = tuple(root / p.path for p in chains.ordered(s, chain.id) if p.path)
+    return Previous(head.id, image, dict(tracking), head.total_bytes, files)
+
+
+def _storage(repo: BackupRepository, req: RunRequest) -> Storage:
+    """The key (checked before anything is written) and compression of a new point."""
+    key = None
+    if repo.encryption == keys.FORMAT:
+        key = keys.resolve(repo, repo.key_fingerprint, f"a backup into repository {repo.name}")
+    compression = req.compression or repo.compression
+    if compression in (None, "none") or key is not None:  # see keys.check_combination
+        return Storage(key, None)
+    return Storage(None, compression)
 
 
 def _want(
-    settings: Settings, s: Session, req: RunRequest, chain: BackupChain | None
+    settings: Settings,
+    s: Session,
+    req: RunRequest,
+    chain: BackupChain | None,
+    fingerprint: str | None,
 ) -> tuple[Kind, str | None, bool]:
     """What to ask the source for, a reason if that is a forced full, and whether
     to consolidate after the run."""
@@ -124,6 +148,10 @@ def _want(
         return "full", f"the chain is damaged ({chain.broken_reason})", False
     if chain is None:
         return "incremental", None, False
+    head = s.get(Backup, chain.latest_backup_id) if chain.latest_backup_id else None
+    if head is not None and head.key_fingerprint != fingerprint:
+        was, now = head.key_fingerprint or "none", fingerprint or "none"
+        return "full", f"the repository's key changed from {was} to {now}: a new chain", False
     max_length = req.max_chain_length or settings.BACKUP_MAX_CHAIN_LENGTH
     points = chains.ordered(s, chain.id)
     if len(points) < max_length:
@@ -184,11 +212,18 @@ def _locked(
         repo = s.get(BackupRepository, req.repository_id)
         assert repo is not None and repo.path is not None
         root = Path(repo.path)
+        storage = _storage(repo, req)
+        if storage != Storage() and source.kind == "libvirt":
+            raise NotSupportedHere(
+                f"repository {repo.name} encrypts or compresses, which libvirt's push-mode "
+                "backup cannot do here; back the domain up through its QMP socket (kind qmp)"
+            )
         directory = repo_files.disk_dir(root, req.vm_name, disk)
         directory.mkdir(parents=True, exist_ok=True)
         repo_files.remove_partials(directory)
+        fingerprint = storage.key.fingerprint if storage.key else None
         chain = chains.active_chain(s, repo.id, req.vm_name, disk)
-        want, forced, consolidate = _want(settings, s, req, chain)
+        want, forced, consolidate = _want(settings, s, req, chain, fingerprint)
         previous = _previous(s, root, chain) if want == "incremental" else None
         repo_name = repo.name
         days = (
@@ -205,6 +240,7 @@ def _locked(
         progress=progress,
         should_cancel=should_cancel,
         speed=req.speed,
+        storage=storage,
     )
     session: DiskSession = source.open_disk(disk, opts)
     final: Path | None = None
@@ -213,7 +249,13 @@ def _locked(
         plan = session.plan(want, previous)
         final = directory / repo_files.new_point_name(directory, plan.backup_type, chains.now())
         _start_row(
-            settings, backup_id, plan, forced or plan.reason, final.relative_to(root), previous
+            settings,
+            backup_id,
+            plan,
+            forced or plan.reason,
+            final.relative_to(root),
+            previous,
+            fingerprint,
         )
         copied = session.copy(repo_files.partial(final), plan, previous)
         extras = copied.extra
@@ -224,7 +266,7 @@ def _locked(
                 **{final.with_suffix(suffix).name: path for suffix, path in extras.items()},
             }
         )
-        _publish(settings, backup_id, final, copied, sums, previous, source, days, flag_ok)
+        _publish(settings, backup_id, final, copied, sums, previous, source, days, flag_ok, storage)
     except BaseException as exc:
         session.close()
         if final is not None:
@@ -266,10 +308,12 @@ def _start_row(
     reason: str | None,
     relative: Path,
     previous: Previous | None,
+    fingerprint: str | None,
 ) -> None:
     with session_scope(settings.DATABASE_URL) as s:
         point = s.get(Backup, backup_id)
         assert point is not None
+        point.key_fingerprint = fingerprint
         point.backup_type = BackupType(plan.backup_type)
         point.reason = reason
         point.path = relative.as_posix()
@@ -300,6 +344,7 @@ def _publish(
     source: Any,
     days: float,
     flag_ok: bool,
+    storage: Storage,
 ) -> None:
     """The image under its final name, then its sidecar, then the DB row (a crash in
     between leaves files that the failure hook or the next run removes). ``sums`` are
@@ -321,6 +366,13 @@ def _publish(
             "source_kind": source.kind,
             "tracking": copied.tracking,
             "parent": {"file": previous.image.name} if previous else None,
+            # What a reader needs: the key (by fingerprint) and the compression type.
+            "encryption": (
+                {"format": keys.FORMAT, "key_fingerprint": storage.key.fingerprint}
+                if storage.key
+                else None
+            ),
+            "compression": storage.compression,
         }
         chains.rewrite_sidecar(point, final, sums=sums, **base)
         point.status = BackupStatus.completed

@@ -134,3 +134,22 @@ class RestoreMismatch(BackupError):
 
 class CopyFailed(BackupError):
     template = "copy of {key} to {target} failed verification: {detail}"
+
+
+class InvalidKeyFile(Unprocessable):
+    template = "key file {path} cannot be used: {detail}"
+
+
+class KeyUnavailable(Conflict):
+    template = (
+        "{what} needs backup key {fingerprint}, which is not available ({detail}); put that key "
+        "file where the repository's key_file points (or DISKVAULT_BACKUP_KEY_FILE) and retry; "
+        "nothing was written"
+    )
+
+
+class EncryptionLocked(Conflict):
+    template = (
+        "repository {name} holds {count} restore point(s), so its encryption cannot change; "
+        "start new chains under a new key with POST /api/v1/repositories/{name}/rekey"
+    )

@@ -69,6 +69,13 @@ class BackupRepository(IdMixin, TimestampMixin, Base):
     immutable_flag: Mapped[bool | None] = mapped_column(default=None)
     total_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     available_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    encryption: Mapped[str] = mapped_column(String(16), default="none")  # none | luks
+    compression: Mapped[str] = mapped_column(String(16), default="none")  # none | zstd
+    # Where the key is read from, and its fingerprint; never the key itself.
+    key_file: Mapped[str | None] = mapped_column(String(1024), default=None)
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Keys before a rekey, still needed by older points: [{"fingerprint", "key_file"}].
+    keys: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
 
 class BackupSource(IdMixin, TimestampMixin, Base):
@@ -126,6 +133,7 @@ class Backup(IdMixin, Base):
     file_size: Mapped[int] = mapped_column(BigInteger, default=0)
     immutable_until: Mapped[datetime | None] = mapped_column(default=None)
     immutable_flag: Mapped[bool] = mapped_column(default=False)  # chattr +i applied
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)  # LUKS key
     verify_status: Mapped[str | None] = mapped_column(String(16), default=None)
     verified_at: Mapped[datetime | None] = mapped_column(default=None)
     verify_detail: Mapped[str | None] = mapped_column(Text, default=None)
@@ -149,6 +157,7 @@ class BackupPolicy(IdMixin, TimestampMixin, Base):
     immutability_days: Mapped[float] = mapped_column(Float, default=0.0)
     verify_schedule: Mapped[str | None] = mapped_column(String(100), default=None)
     copy_repository_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    compression: Mapped[str | None] = mapped_column(String(16), default=None)  # else the repo's
     enabled: Mapped[bool] = mapped_column(default=True)
     last_run_at: Mapped[datetime | None] = mapped_column(default=None)
     last_verify_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as chains
-from diskvault.backups import service
+from diskvault.backups import keys, service
 from diskvault.backups.errors import InvalidSchedule, PolicyExists, PolicyNotFound
 from diskvault.backups.models import (
     Backup,
@@ -50,6 +50,7 @@ def create(settings: Settings, session: Session, body: dict[str, Any]) -> Backup
     for name in body["sources"]:
         service.get_source(session, name)
     repo = service.local_repository(settings, session, body.get("repository"))
+    keys.check_combination(repo.encryption, body.get("compression"))
     copy_to = body.get("copy_to")
     row = BackupPolicy(
         name=body["name"],
@@ -65,6 +66,7 @@ def create(settings: Settings, session: Session, body: dict[str, Any]) -> Backup
         if copy_to
         else None,
         enabled=body.get("enabled", True),
+        compression=body.get("compression"),
     )
     return insert_named(session, row, PolicyExists)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -22,6 +23,7 @@ from diskvault.backups.errors import (
     RestoreMismatch,
     RestoreTargetRefused,
 )
+from diskvault.backups.keys import Key
 from diskvault.backups.sources.daemon import JOB_PREFIX, start_daemon
 from diskvault.backups.sources.nbd import blockdev_server
 from diskvault.config import Settings
@@ -119,9 +121,35 @@ def _allowed_entry(entry: str) -> str:
     return f"{_host(host)}:{port or 10809}"
 
 
-def _verified(settings: Settings, image: Path, dest: str, fmt: str, point_id: str) -> None:
-    if not qemu_img.compare(image, dest, "qcow2", fmt, binary=settings.QEMU_IMG_PATH):
-        raise RestoreMismatch(target=dest, id=point_id)
+@dataclass(frozen=True)
+class Crypt:
+    """How to open an encrypted point: its key, and the files of its chain (full first)."""
+
+    key: Key
+    chain: Sequence[Path]
+
+    def source(self, image: Path) -> qemu_img.Image:
+        return self.key.image(image, len(self.chain) - 1)
+
+
+def _verified(
+    settings: Settings,
+    image: Path,
+    dest: str | qemu_img.Image,
+    fmt: str,
+    point_id: str,
+    crypt: Crypt | None,
+) -> None:
+    if not qemu_img.compare(
+        crypt.source(image) if crypt else image,
+        dest,
+        "qcow2",
+        fmt,
+        objects=crypt.key.objects() if crypt else (),
+        binary=settings.QEMU_IMG_PATH,
+    ):
+        target = dest.path if isinstance(dest, qemu_img.Image) else dest
+        raise RestoreMismatch(target=str(target), id=point_id)
 
 
 def to_file(
@@ -133,20 +161,22 @@ def to_file(
     *,
     progress: Percent | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    crypt: Crypt | None = None,
 ) -> dict[str, Any]:
     """``qemu-img convert`` of the chain into ``dest`` via ``*.partial``, then compare."""
     part = dest.with_name(dest.name + ".partial")
     try:
         qemu_img.convert(
-            image,
+            crypt.source(image) if crypt else image,
             "qcow2",
             part,
             fmt,
             progress=progress,
             should_cancel=should_cancel,
+            objects=crypt.key.objects() if crypt else (),
             binary=settings.QEMU_IMG_PATH,
         )
-        _verified(settings, image, str(part), fmt, point_id)
+        _verified(settings, image, str(part), fmt, point_id, crypt)
         with open(part, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(part, dest)
@@ -166,6 +196,7 @@ def to_nbd(
     workdir: Path,
     progress: Progress | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    crypt: Crypt | None = None,
 ) -> dict[str, Any]:
     """QSD copies the chain onto the export (zeros included), then compare."""
     check_nbd_target(settings, url)
@@ -178,16 +209,26 @@ def to_nbd(
         raise InvalidRestoreTarget(target=url, detail=f"it holds {size} bytes, need {virtual_size}")
     server = start_daemon(workdir, settings, "restore")
     try:
-        server.blockdev_add("src", "qcow2", filename=image, read_only=True)
+        if crypt is None:
+            server.blockdev_add("src", "qcow2", filename=image, read_only=True)
+            src = "src"
+        else:
+            server.add_secret("srckey", crypt.key.data)
+            encrypt = {"format": "luks", "key-secret": "srckey"}
+            src = server.open_chain(crypt.chain, "src", encrypt=encrypt)
         server.qmp("blockdev-add", {"driver": "raw", "node-name": "dst"}, file=blockdev_server(url))
         job = f"{JOB_PREFIX}restore"
-        server.blockdev_backup(job, "src", "dst", sync="full")
+        server.blockdev_backup(job, src, "dst", sync="full")
         server.wait_job(job, progress=progress, should_cancel=should_cancel)
         with contextlib.suppress(QsdError):
             server.blockdev_del("dst")
     finally:
         server.stop()
-    _verified(settings, image, url, "raw", point_id)
+    # With a key, compare takes --image-opts for both sides: the export by its options.
+    opts = blockdev_server(url)
+    opts |= {f"server.{k}": v for k, v in opts.pop("server").items()}
+    dest = qemu_img.Image(url, "raw", file=opts) if crypt else url
+    _verified(settings, image, dest, "raw", point_id, crypt)
     return {"target": "nbd", "url": url, "verified": True}
 
 
@@ -200,8 +241,10 @@ def to_image(
     owner: str | None,
     progress: Percent | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    crypt: Crypt | None = None,
 ) -> dict[str, Any]:
-    """A self-contained qcow2 handed to the image library, which inspects and stores it."""
+    """A self-contained qcow2 handed to the image library, which inspects and stores it
+    (decrypted: the library holds plain images)."""
     from diskvault.db.engine import session_scope
     from diskvault.images import service as images
 
@@ -220,6 +263,7 @@ def to_image(
             "qcow2",
             progress=progress,
             should_cancel=should_cancel,
+            crypt=crypt,
         )
     except Exception as exc:
         images.reject(settings, image_id, exc)

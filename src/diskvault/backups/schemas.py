@@ -17,6 +17,14 @@ from diskvault.schemas_base import (
 )
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # used in repository paths
+Encryption = Literal["none", "luks"]
+Compression = Literal["none", "zstd"]
+KEY_FILE = Field(
+    default=None,
+    max_length=1024,
+    pattern=r"^/[^\x00]*$",
+    description="absolute path of the key file (default DISKVAULT_BACKUP_KEY_FILE)",
+)
 
 
 Text = Annotated[str, Field(min_length=1, max_length=1024)]
@@ -101,6 +109,24 @@ class RepositoryCreate(RequestModel):
     )
     immutability_days: Days = 0.0
     attach: StrictBool = Field(default=False, description="rebuild chains from existing sidecars")
+    encryption: Encryption = Field(default="none", description="luks: AES-256-XTS qcow2")
+    compression: Compression = Field(default="none", description="zstd: compressed clusters")
+    key_file: str | None = KEY_FILE
+    create_key: StrictBool = Field(
+        default=False, description="make a new key file (paper key once)"
+    )
+
+
+class RepositoryUpdate(RequestModel):
+    compression: Compression | None = None
+    encryption: Encryption | None = Field(default=None, description="only while empty (else 409)")
+    key_file: str | None = KEY_FILE
+    create_key: StrictBool | None = None
+
+
+class RekeyRequest(RequestModel):
+    key_file: str | None = KEY_FILE
+    create_key: StrictBool = False
 
 
 class RepositoryOut(BaseModel):
@@ -115,7 +141,15 @@ class RepositoryOut(BaseModel):
     immutable_flag: bool | None
     total_size_bytes: int | None
     available_size_bytes: int | None
+    encryption: str
+    compression: str
+    key_file: str | None
+    key_fingerprint: str | None
+    keys: list[dict[str, Any]]
     created_at: datetime
+    paper_key: str | None = Field(
+        default=None, description="a key just created, printed once: store it offline"
+    )
 
 
 class RescanOut(BaseModel):
@@ -157,6 +191,7 @@ class BackupOut(BaseModel):
     bytes_transferred: int
     file_size: int
     immutable_until: datetime | None
+    key_fingerprint: str | None
     verify_status: str | None
     verified_at: datetime | None
     verify_detail: str | None
@@ -246,6 +281,7 @@ class PolicyCreate(Retention):
     verify_schedule: Text | None = None
     copy_to: Text | None = Field(default=None, description="repository for a second copy")
     enabled: StrictBool = True
+    compression: Compression | None = Field(default=None, description="else the repository's")
 
 
 class PolicyOut(BaseModel):
@@ -262,6 +298,7 @@ class PolicyOut(BaseModel):
     verify_schedule: str | None
     copy_repository_id: str | None
     enabled: bool
+    compression: str | None
     last_run_at: datetime | None
     last_verify_at: datetime | None
     created_at: datetime

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as chains
+from diskvault.backups import keys
 from diskvault.backups import repository as repo_files
 from diskvault.backups.chain import register_busy_check
 from diskvault.backups.errors import (
@@ -25,6 +26,7 @@ from diskvault.backups.errors import (
     SourceExists,
     SourceNotFound,
 )
+from diskvault.backups.keys import Key
 from diskvault.backups.models import (
     Backup,
     BackupChain,
@@ -38,7 +40,7 @@ from diskvault.backups.models import (
     find_named,
     insert_named,
 )
-from diskvault.backups.restore import check_destination, check_nbd_target
+from diskvault.backups.restore import Crypt, check_destination, check_nbd_target
 from diskvault.backups.sources import SOURCES
 from diskvault.backups.verify import chain_to
 from diskvault.config import Settings
@@ -66,15 +68,23 @@ class RestorePoint:
     chain: list[Path]
     format: str
     virtual_size: int
+    key: Key | None = None  # an encrypted point: every file of its chain takes this key
+
+    @property
+    def crypt(self) -> Crypt | None:
+        return Crypt(self.key, self.chain) if self.key else None
 
 
 def restore_point(session: Session, backup_id: str) -> RestorePoint:
+    """Raises :class:`KeyUnavailable` (naming the fingerprint) for an encrypted point
+    whose key is not at hand, before anything reads it."""
     point = get_backup(session, backup_id)
     if point.status != BackupStatus.completed:
         raise PointNotReady(id=backup_id, status=point.status.value, action="read")
     files = [chains.image_of(session, p) for p in chain_to(session, point)]
+    key = chains.point_key(session, point)
     return RestorePoint(
-        point.id, point.vm_name, point.disk_index, files[-1], files, "qcow2", point.total_bytes
+        point.id, point.vm_name, point.disk_index, files[-1], files, "qcow2", point.total_bytes, key
     )
 
 
@@ -122,8 +132,16 @@ def create_repository(
     path: str | None,
     url: str | None,
     immutability_days: float = 0.0,
+    encryption: str = "none",
+    compression: str = "none",
+    key_file: str | None = None,
+    create_key: bool = False,
 ) -> BackupRepository:
-    row = BackupRepository(name=name, kind=kind, immutability_days=immutability_days)
+    """A new repository; ``create_key`` makes the key file, and its paper key is then
+    in the returned row's ``paper_key`` (not stored anywhere)."""
+    row = BackupRepository(
+        name=name, kind=kind, immutability_days=immutability_days, compression=compression
+    )
     if kind == RepositoryKind.local:
         if not path or not Path(path).is_absolute():
             raise InvalidRepository(detail="a local repository needs an absolute 'path'")
@@ -140,7 +158,12 @@ def create_repository(
             raise InvalidRepository(detail="an s3 repository needs a 'url' (s3://bucket/prefix)")
         provider_from_url(url, settings=settings)  # validates the URL, no network
         row.url = redact_url(url)
-    return insert_named(session, row, RepositoryExists)
+    if by_name_or_id(session, BackupRepository, name) is not None:
+        raise RepositoryExists(name=name)  # before a key file is made for it
+    paper = keys.set_key(settings, row, encryption, key_file, create_key)
+    insert_named(session, row, RepositoryExists)
+    row.paper_key = paper  # type: ignore[attr-defined]  # shown once, in this response
+    return row
 
 
 def get_repository(settings: Settings, session: Session, ref: str | None) -> BackupRepository:
@@ -234,6 +257,7 @@ def rescan(session: Session, repo: BackupRepository) -> dict[str, Any]:
                 started_at=repo_files.utc(side["created_at"]),
                 completed_at=repo_files.utc(side.get("completed_at")),
                 immutable_until=until,
+                key_fingerprint=(side.get("encryption") or {}).get("key_fingerprint"),
             )
         )
         added += 1

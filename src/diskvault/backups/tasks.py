@@ -89,6 +89,7 @@ def backup_run(ctx: JobContext) -> dict[str, Any]:
         speed=p.get("speed"),
         max_chain_length=policy.max_chain_length if policy else None,
         immutability_days=(policy.immutability_days or None) if policy else None,
+        compression=policy.compression if policy else None,
     )
     ids = engine.run(
         ctx.settings,
@@ -155,6 +156,7 @@ def backup_restore(ctx: JobContext) -> dict[str, Any]:
                 workdir=workdir,
                 progress=_bytes(ctx),
                 should_cancel=ctx.should_cancel,
+                crypt=point.crypt,
             )
         if p["target"] == "image":
             with session_scope(ctx.settings.DATABASE_URL) as s:
@@ -170,6 +172,7 @@ def backup_restore(ctx: JobContext) -> dict[str, Any]:
                 owner=owner,
                 progress=pct,
                 should_cancel=ctx.should_cancel,
+                crypt=point.crypt,
             )
         dest = restore.check_destination(ctx.settings, p["path"])
         ctx.cleanup_on_failure(dest.with_name(dest.name + ".partial"))
@@ -181,6 +184,7 @@ def backup_restore(ctx: JobContext) -> dict[str, Any]:
             p["format"],
             progress=pct,
             should_cancel=ctx.should_cancel,
+            crypt=point.crypt,
         )
 
 

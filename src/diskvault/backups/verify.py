@@ -13,6 +13,7 @@ from diskvault.backups import chain as chains
 from diskvault.backups import checksums
 from diskvault.backups import repository as repo_files
 from diskvault.backups.errors import PointNotReady
+from diskvault.backups.keys import Key
 from diskvault.backups.models import Backup, BackupChain, BackupStatus
 from diskvault.config import Settings
 from diskvault.tools import qemu_img
@@ -28,7 +29,11 @@ def chain_to(session: Session, point: Backup) -> list[Backup]:
 
 
 def _check_file(
-    settings: Settings, point: Backup, image: Any, progress: Callable[[int], None]
+    settings: Settings,
+    image: Any,
+    progress: Callable[[int], None],
+    key: Key | None,
+    depth: int,
 ) -> list[str]:
     problems: list[str] = []
     try:
@@ -37,7 +42,13 @@ def _check_file(
         return [f"{image.name}: sidecar unreadable ({exc})"]
     if not image.exists():
         return [f"{image.name}: file is missing"]
-    check = qemu_img.check(image, "qcow2", binary=settings.QEMU_IMG_PATH)
+    # An encrypted qcow2 is only opened with its key, its backing files too.
+    check = qemu_img.check(
+        key.image(image, depth) if key else image,
+        "qcow2",
+        objects=key.objects() if key else (),
+        binary=settings.QEMU_IMG_PATH,
+    )
     if check["result"] == "corrupt":
         problems.append(
             f"{image.name}: qemu-img check found {check.get('corruptions', '?')} corruption(s)"
@@ -66,6 +77,7 @@ def verify(
     if point.status != BackupStatus.completed:
         raise PointNotReady(id=point.id, status=point.status.value, action="verified")
     points = chain_to(session, point)
+    key = chains.point_key(session, point)
     images = [chains.image_of(session, p) for p in points]
     total = sum(i.stat().st_size for i in images if i.exists())
     done = 0
@@ -79,8 +91,8 @@ def verify(
     problems: list[str] = []
     files = []
     at = chains.now()
-    for p, image in zip(points, images, strict=True):
-        found = _check_file(settings, p, image, step)
+    for depth, (p, image) in enumerate(zip(points, images, strict=True)):
+        found = _check_file(settings, image, step, key, depth)
         files.append({"file": image.name, "backup_id": p.id, "problems": found})
         problems += found
         p.verify_status = "corrupt" if problems else "ok"

@@ -262,10 +262,16 @@ def repo_add(
     url: str = typer.Option(None, "--url", help="s3://bucket/prefix?endpoint_url=..."),
     immutable_days: float = typer.Option(0.0, "--immutable-days"),
     attach: bool = typer.Option(False, "--attach", help="rebuild chains from its sidecars"),
+    encryption: str = typer.Option("none", "--encryption", help="none | luks"),
+    compression: str = typer.Option("none", "--compression", help="none | zstd"),
+    key_file: str = typer.Option(None, "--key-file", help="absolute path of the key file"),
+    create_key: bool = typer.Option(False, "--create-key", help="make the key file"),
 ) -> None:
     """Add a repository.
 
     Example: diskvault backup repo add nas --path /mnt/nas/backups --immutable-days 7
+    Example: diskvault backup repo add vault --path /mnt/usb --encryption luks \
+        --key-file /root/vault.key --create-key
     """
     body = {
         "name": name,
@@ -274,9 +280,38 @@ def repo_add(
         "url": url,
         "immutability_days": immutable_days,
         "attach": attach,
+        "encryption": encryption,
+        "compression": compression,
+        "key_file": key_file,
+        "create_key": create_key,
     }
     repo = Client().post("/api/v1/repositories", json=body)
     console.print(f"repository {repo['name']} ({repo['kind']}) added: {repo['id']}")
+    _print_key(repo)
+
+
+def _print_key(repo: dict[str, Any]) -> None:
+    if repo.get("key_fingerprint"):
+        console.print(f"key {repo['key_fingerprint']} ({repo['key_file']})")
+    if repo.get("paper_key"):
+        console.print("A new key was created. Print or copy this now; it is not shown again:")
+        console.print(repo["paper_key"], markup=False, highlight=False)
+
+
+@repo_app.command("rekey")
+def repo_rekey(
+    name: str = typer.Argument(...),
+    key_file: str = typer.Option(..., "--key-file", help="the new key file"),
+    create_key: bool = typer.Option(False, "--create-key", help="make the key file"),
+) -> None:
+    """New chains under a new key; older points stay readable with the old one.
+
+    Example: diskvault backup repo rekey vault --key-file /root/vault-2.key --create-key
+    """
+    body = {"key_file": key_file, "create_key": create_key}
+    repo = Client().post(f"/api/v1/repositories/{name}/rekey", json=body)
+    console.print(f"repository {repo['name']} rekeyed")
+    _print_key(repo)
 
 
 @repo_app.command("list")

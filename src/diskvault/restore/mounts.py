@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from diskvault.backups.restore import Crypt
 from diskvault.tools import mount
 from diskvault.tools.mount import Partition, UnsupportedFilesystem
 from diskvault.tools.process import ToolError
@@ -94,8 +95,11 @@ def mount_partition(part: Partition, workdir: Path) -> PartitionState:
     return state
 
 
-def attach(workdir: Path, image: Path, fmt: str, qsd_binary: str) -> Attached:
-    """Export ``image`` (with its backing chain) read-only and mount what it holds."""
+def attach(
+    workdir: Path, image: Path, fmt: str, qsd_binary: str, crypt: Crypt | None = None
+) -> Attached:
+    """Export ``image`` (with its backing chain) read-only and mount what it holds;
+    an encrypted point's chain is opened layer by layer with its key (sent over QMP)."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True)
     server = QsdServer(workdir, name=f"restore-{workdir.name}", binary=qsd_binary)
@@ -103,7 +107,13 @@ def attach(workdir: Path, image: Path, fmt: str, qsd_binary: str) -> Attached:
         server.start()
         with _servers_lock:
             _servers[str(workdir)] = server
-        export = server.export_image_fuse(image, fmt, export_path(workdir), writable=False)
+        if crypt is None:
+            export = server.export_image_fuse(image, fmt, export_path(workdir), writable=False)
+        else:
+            server.add_secret("imgkey", crypt.key.data)
+            encrypt = {"format": "luks", "key-secret": "imgkey"}
+            node = server.open_chain(crypt.chain, "img", encrypt=encrypt)
+            export = server.add_fuse_export(f"{node}-fuse", node, export_path(workdir))
         loop = mount.losetup_attach(export.path, read_only=True, partscan=True)
         # Named here for a start-up after a crash: QSD dies with its server, and a loop
         # on its vanished FUSE export then shows "/" as its backing file.

@@ -93,7 +93,7 @@ def mount(settings: Settings, session: Session, backup_id: str, owner: str | Non
     session.commit()  # busy from here on: the chain cannot be merged under us
     try:
         attached = mounts.attach(
-            workdir, point.image, point.format, settings.QEMU_STORAGE_DAEMON_PATH
+            workdir, point.image, point.format, settings.QEMU_STORAGE_DAEMON_PATH, point.crypt
         )
     except Exception as exc:  # attach() cleaned up; the row must not stay "mounting"
         row.status, row.reason, row.unmounted_at = MountStatus.failed, str(exc), now()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from diskvault.tools.process import DEFAULT_TIMEOUT, Process, ToolError, run
@@ -29,6 +30,48 @@ OptionValue = str | int | bool
 
 class QemuImgError(ToolError):
     tool_name = "qemu-img"
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image opened with ``--image-opts``: a LUKS-encrypted qcow2 (``encrypt.key-secret``
+    naming a ``--object secret``, for the image and ``depth`` backing layers under it)."""
+
+    path: PathArg
+    fmt: str = "qcow2"
+    secret: str | None = None
+    depth: int = 0
+    file: Mapping[str, OptionValue] | None = None  # protocol options instead of the path
+
+    def opts(self) -> str:
+        options: dict[str, OptionValue] = {"driver": self.fmt}
+        if self.file is not None:
+            options.update({f"file.{k}": v for k, v in self.file.items()})
+        else:
+            options["file.filename"] = os.fspath(self.path)
+        if self.secret is not None:
+            for level in range(self.depth + 1):
+                options["backing." * level + "encrypt.key-secret"] = self.secret
+        return _options(options)
+
+
+Source = PathArg | Image
+
+
+def secret_object(secret_id: str, key_file: PathArg) -> str:
+    """``--object`` for a secret read by qemu from a file: the key never is on a command line."""
+    return f"secret,id={secret_id},file={os.fspath(key_file).replace(',', ',,')}"
+
+
+def _objects(objects: Sequence[str]) -> list[str]:
+    return [arg for obj in objects for arg in ("--object", obj)]
+
+
+def _source(src: Source, fmt: str | None) -> list[str]:
+    """``-f FMT PATH`` or ``--image-opts OPTS``."""
+    if isinstance(src, Image):
+        return ["--image-opts", src.opts()]
+    return [*_fmt("-f", fmt), os.fspath(src)]
 
 
 def _options(options: Mapping[str, OptionValue]) -> str:
@@ -78,11 +121,12 @@ def create(
     backing: PathArg | None = None,
     backing_fmt: str | None = None,
     options: Mapping[str, OptionValue] | None = None,
+    objects: Sequence[str] = (),
     binary: str = DEFAULT_BINARY,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> None:
     """Create an image; ``size`` may be None when a backing file gives it."""
-    cmd = [binary, "create", "-q", "-f", fmt]
+    cmd = [binary, "create", "-q", *_objects(objects), "-f", fmt]
     if backing is not None:
         cmd += ["-b", os.fspath(backing), *_fmt("-F", backing_fmt)]
     if options:
@@ -94,7 +138,7 @@ def create(
 
 
 def convert(
-    src: PathArg,
+    src: Source,
     src_fmt: str,
     dst: PathArg,
     dst_fmt: str,
@@ -110,6 +154,7 @@ def convert(
     rate_limit: int | None = None,
     options: Mapping[str, OptionValue] | None = None,
     segment: tuple[int, int] | None = None,
+    objects: Sequence[str] = (),
     binary: str = DEFAULT_BINARY,
     timeout: float = LONG_TIMEOUT,
 ) -> None:
@@ -123,10 +168,10 @@ def convert(
     into the same range of ``dst``, an existing all-zero raw file of the full
     size (a raw node with offset and size over each side, ``-n --target-is-zero``).
     """
-    cmd = [binary, "convert", "-m", str(coroutines)]
+    cmd = [binary, "convert", *_objects(objects), "-m", str(coroutines)]
     if segment is None:
-        cmd += ["-f", src_fmt, "-O", dst_fmt]
-    elif dst_fmt != "raw" or compress or options:
+        cmd += ["-O", dst_fmt]
+    elif dst_fmt != "raw" or compress or options or isinstance(src, Image):
         raise ValueError("only a plain raw output can be written in segments")
     else:
         cmd += ["-n", "--target-is-zero", "--image-opts", "--target-image-opts"]
@@ -144,8 +189,9 @@ def convert(
     if options:
         cmd += ["-o", _options(options)]
     if segment is None:
-        cmd += [os.fspath(src), os.fspath(dst)]
+        cmd += [*_source(src, src_fmt), os.fspath(dst)]
     else:
+        assert not isinstance(src, Image)
         offset, length = segment
         window: dict[str, OptionValue] = {"driver": "raw", "offset": offset, "size": length}
         src_node = {"file.driver": src_fmt, "file.file.driver": "file"}
@@ -174,10 +220,11 @@ CHECK_TIMEOUT = 600.0
 
 
 def check(
-    path: PathArg,
+    path: Source,
     fmt: str,
     *,
     repair: Literal["leaks", "all"] | None = None,
+    objects: Sequence[str] = (),
     binary: str = DEFAULT_BINARY,
     timeout: float = CHECK_TIMEOUT,
     prlimit: tuple[str, ...] = (),
@@ -188,7 +235,8 @@ def check(
     return normally so callers can decide. Exit 1 (check failed) raises.
     ``prlimit`` (e.g. :data:`INFO_PRLIMIT`) bounds it on untrusted images.
     """
-    cmd = [binary, "check", "-f", fmt, "--output=json", *_fmt("-r", repair), os.fspath(path)]
+    cmd = [binary, "check", *_objects(objects), "--output=json", *_fmt("-r", repair)]
+    cmd += _source(path, fmt)
     result = run(cmd, timeout=timeout, error=QemuImgError, check=False, prlimit=prlimit)
     if result.returncode == CHECK_UNSUPPORTED:
         return {"result": "unsupported"}
@@ -200,23 +248,30 @@ def check(
 
 
 def compare(
-    a: PathArg,
-    b: PathArg,
+    a: Source,
+    b: Source,
     fmt_a: str | None = None,
     fmt_b: str | None = None,
     *,
     strict: bool = False,
+    objects: Sequence[str] = (),
     binary: str = DEFAULT_BINARY,
     timeout: float = LONG_TIMEOUT,
 ) -> bool:
     """True if the two images hold the same guest-visible content.
 
     Not strict: a size difference is fine if the extra area reads as zeros.
+    With an :class:`Image` on either side both are given as ``--image-opts``.
     """
-    cmd = [binary, "compare", *_fmt("-f", fmt_a), *_fmt("-F", fmt_b)]
+    cmd = [binary, "compare", *_objects(objects)]
     if strict:
         cmd.append("-s")
-    cmd += [os.fspath(a), os.fspath(b)]
+    if isinstance(a, Image) or isinstance(b, Image):
+        a = a if isinstance(a, Image) else Image(a, fmt_a or "raw")
+        b = b if isinstance(b, Image) else Image(b, fmt_b or "raw")
+        cmd += ["--image-opts", a.opts(), b.opts()]
+    else:
+        cmd += [*_fmt("-f", fmt_a), *_fmt("-F", fmt_b), os.fspath(a), os.fspath(b)]
     result = run(cmd, timeout=timeout, error=QemuImgError, check=False)
     if result.returncode not in (0, 1):
         raise QemuImgError(cmd=cmd, returncode=result.returncode, stderr=result.stderr)
@@ -224,26 +279,28 @@ def compare(
 
 
 def resize(
-    path: PathArg,
+    path: Source,
     fmt: str,
     size: int,
     *,
     shrink: bool = False,
+    objects: Sequence[str] = (),
     binary: str = DEFAULT_BINARY,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> None:
-    cmd = [binary, "resize", "-q", "-f", fmt]
+    cmd = [binary, "resize", "-q", *_objects(objects)]
     if shrink:
         cmd.append("--shrink")
-    run([*cmd, os.fspath(path), str(size)], timeout=timeout, error=QemuImgError)
+    run([*cmd, *_source(path, fmt), str(size)], timeout=timeout, error=QemuImgError)
 
 
 def commit(
-    path: PathArg,
+    path: Source,
     fmt: str,
     *,
     base: PathArg | None = None,
     drop: bool = False,
+    objects: Sequence[str] = (),
     binary: str = DEFAULT_BINARY,
     timeout: float = LONG_TIMEOUT,
 ) -> None:
@@ -252,32 +309,34 @@ def commit(
     ``drop=True`` then empties ``path`` (qemu-img's default); ``drop=False``
     keeps its data (``-d``). With ``base`` qemu-img always keeps it.
     """
-    cmd = [binary, "commit", "-q", "-f", fmt]
+    cmd = [binary, "commit", "-q", *_objects(objects)]
     if base is not None:
         cmd += ["-b", os.fspath(base)]
     if not drop:
         cmd.append("-d")
-    run([*cmd, os.fspath(path)], timeout=timeout, error=QemuImgError)
+    run([*cmd, *_source(path, fmt)], timeout=timeout, error=QemuImgError)
 
 
 def rebase(
-    path: PathArg,
+    path: Source,
     fmt: str,
     backing: PathArg | None,
     backing_fmt: str | None,
     *,
     unsafe: bool = False,
+    objects: Sequence[str] = (),
     binary: str = DEFAULT_BINARY,
     timeout: float = LONG_TIMEOUT,
 ) -> None:
-    """Change ``path``'s backing file; ``backing=None`` flattens it (copies all data in)."""
-    cmd = [binary, "rebase", "-q", "-f", fmt]
+    """Change ``path``'s backing file; ``backing=None`` flattens it (copies all data in).
+    ``backing`` may be a ``json:`` filename (how an encrypted new backing gets its secret)."""
+    cmd = [binary, "rebase", "-q", *_objects(objects)]
     if unsafe:
         cmd.append("-u")
     cmd += ["-b", os.fspath(backing) if backing is not None else ""]
     if backing is not None:
         cmd += _fmt("-F", backing_fmt)
-    run([*cmd, os.fspath(path)], timeout=timeout, error=QemuImgError)
+    run([*cmd, *_source(path, fmt)], timeout=timeout, error=QemuImgError)
 
 
 def measure(

@@ -9,6 +9,7 @@ monitor (the ``qmp`` backup source). Jobs are created with
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,8 +48,10 @@ def backup_action(
     bitmap: str | None = None,
     bitmap_mode: BitmapMode = "on-success",
     speed: int | None = None,
+    compress: bool = False,
 ) -> dict[str, Any]:
-    """A ``blockdev-backup`` transaction action (also the plain command's args)."""
+    """A ``blockdev-backup`` transaction action (also the plain command's args);
+    ``compress`` writes compressed clusters (the target's compression_type)."""
     data = {
         "job-id": job_id,
         "device": device,
@@ -58,6 +61,7 @@ def backup_action(
         # Only sync=bitmap takes a mode; incremental implies on-success.
         "bitmap-mode": bitmap_mode if sync == "bitmap" else None,
         "speed": speed,
+        "compress": compress or None,
         "auto-dismiss": False,
     }
     return {"type": "blockdev-backup", "data": _drop_none(data)}
@@ -144,6 +148,40 @@ class BlockClient:
     def blockdev_del(self, node_name: str) -> None:
         self.qmp("blockdev-del", {"node-name": node_name})
 
+    def add_secret(self, secret_id: str, data: bytes) -> None:
+        """A ``secret`` object for ``encrypt.key-secret``: the key goes over QMP, never
+        onto a command line or into a file of ours."""
+        args = {"qom-type": "secret", "id": secret_id, "format": "base64"}
+        self.qmp("object-add", args, data=base64.b64encode(data).decode())
+
+    def del_secret(self, secret_id: str) -> None:
+        self.qmp("object-del", id=secret_id)
+
+    def open_chain(
+        self,
+        files: Sequence[Path],
+        prefix: str,
+        *,
+        encrypt: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Open a backing chain read-only, one node per file (full first), each with
+        ``encrypt`` options; returns the top node's name. Needed where the layers take
+        options: an implicitly opened backing file gets none, so no secret."""
+        below: str | Literal[False] = False
+        for index, path in enumerate(files):
+            node = f"{prefix}{index}"
+            opts = {"encrypt": dict(encrypt)} if encrypt else {}
+            self.blockdev_add(node, "qcow2", filename=path, read_only=True, backing=below, **opts)
+            below = node
+        assert below, "an empty chain"
+        return below
+
+    def close_chain(self, prefix: str, count: int) -> None:
+        """Undo :meth:`open_chain`, top first."""
+        for index in reversed(range(count)):
+            with contextlib.suppress(QsdError):
+                self.blockdev_del(f"{prefix}{index}")
+
     def query_node(self, node_name: str) -> dict[str, Any]:
         for node in self.qmp("query-named-block-nodes", flat=True):
             if node.get("node-name") == node_name:
@@ -223,9 +261,17 @@ class BlockClient:
         bitmap: str | None = None,
         bitmap_mode: BitmapMode = "on-success",
         speed: int | None = None,
+        compress: bool = False,
     ) -> None:
         action = backup_action(
-            job_id, device, target, sync=sync, bitmap=bitmap, bitmap_mode=bitmap_mode, speed=speed
+            job_id,
+            device,
+            target,
+            sync=sync,
+            bitmap=bitmap,
+            bitmap_mode=bitmap_mode,
+            speed=speed,
+            compress=compress,
         )
         self.qmp("blockdev-backup", action["data"])
 

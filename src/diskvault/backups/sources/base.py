@@ -5,11 +5,14 @@ then advances (commit) or leaves (close without commit) its change tracking."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
+from diskvault.backups import keys
+from diskvault.backups.keys import Key
 from diskvault.config import Settings
 from diskvault.tools import qemu_img
 
@@ -25,6 +28,7 @@ class Previous:
     image: Path
     tracking: dict[str, Any]
     virtual_size: int
+    chain: tuple[Path, ...] = ()  # every file of the head's chain, full first
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,15 @@ class Copied:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """How a point is stored: LUKS-encrypted with ``key`` (None: plain), and whether
+    its clusters are written compressed (``compression``: the qcow2 compression_type)."""
+
+    key: Key | None = None
+    compression: str | None = None
+
+
+@dataclass(frozen=True)
 class RunOptions:
     settings: Settings
     workdir: Path
@@ -51,6 +64,7 @@ class RunOptions:
     progress: Progress
     should_cancel: Callable[[], bool]
     speed: int | None = None
+    storage: Storage = Storage()
 
 
 class DiskSession(Protocol):
@@ -99,16 +113,28 @@ def tracking_name(backup_id: str) -> str:
     return f"{MARKER_PREFIX}{backup_id}"
 
 
-def create_target(target: Path, plan: Plan, previous: Previous | None, binary: str) -> None:
+def create_target(target: Path, plan: Plan, previous: Previous | None, opts: RunOptions) -> None:
     """A fresh qcow2: empty for a full, on top of the chain head for an incremental."""
-    if plan.backup_type == "incremental":
-        assert previous is not None
-        # Relative: the chain keeps working wherever the repository is moved or copied.
-        qemu_img.create(
-            target, "qcow2", None, backing=previous.image.name, backing_fmt="qcow2", binary=binary
-        )
-    else:
-        qemu_img.create(target, "qcow2", plan.virtual_size, binary=binary)
+    binary = opts.settings.QEMU_IMG_PATH
+    storage = opts.storage
+    # Relative: the chain keeps working wherever the repository is moved or copied.
+    backing = previous.image.name if plan.backup_type == "incremental" and previous else None
+    if storage.key is not None:
+        cache = keys.template_dir(opts.settings)
+        shutil.copyfile(keys.template(storage.key, cache, binary), target)
+        image, objects = storage.key.image(target), storage.key.objects()
+        qemu_img.resize(image, "qcow2", plan.virtual_size, objects=objects, binary=binary)
+        if backing is not None:
+            qemu_img.rebase(
+                image, "qcow2", backing, "qcow2", unsafe=True, objects=objects, binary=binary
+            )
+        return
+    options = {"compression_type": storage.compression} if storage.compression else None
+    size = None if backing else plan.virtual_size
+    fmt = "qcow2" if backing else None
+    qemu_img.create(
+        target, "qcow2", size, backing=backing, backing_fmt=fmt, options=options, binary=binary
+    )
 
 
 def check_present(kind: str, paths: Iterable[str], socket: bool = False) -> None:

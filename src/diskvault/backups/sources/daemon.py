@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from diskvault.backups.sources.base import Previous, Storage
 from diskvault.config import Settings
 from diskvault.tools import qmp_block
 from diskvault.tools.qmp_block import BlockClient
@@ -20,6 +22,67 @@ STALE_QUIT_TIMEOUT = 10.0
 # updates during the copy (an incremental took ~40% longer) and on close. Closing the
 # node still writes the metadata out.
 TARGET_OPTIONS: dict[str, Any] = {"cache": {"no-flush": True}}
+
+
+@dataclass
+class TargetNode:
+    """A target qcow2 opened on a QMP monitor, with what it needed: the secret of an
+    encrypted one and its backing chain, opened node by node so that every layer
+    gets the secret."""
+
+    client: BlockClient
+    node: str
+    chain: int = 0
+    secret: str | None = None
+
+    def close(self) -> None:
+        """Deleting the node writes the image's metadata out: its failure is raised."""
+        try:
+            self.client.blockdev_del(self.node)
+        finally:
+            self.client.close_chain(f"{self.node}b", self.chain)
+            if self.secret is not None:
+                with contextlib.suppress(QsdError):
+                    self.client.del_secret(self.secret)
+
+
+def open_target(
+    client: BlockClient,
+    node: str,
+    target: Path,
+    previous: Previous | None,
+    storage: Storage,
+    **opts: Any,
+) -> TargetNode:
+    """``blockdev-add`` of a new point's file (``previous``: it is an incremental on it)."""
+    key = storage.key
+    if key is None:
+        client.blockdev_add(node, "qcow2", filename=target, **TARGET_OPTIONS, **opts)
+        return TargetNode(client, node)
+    secret = f"{node}k"
+    client.add_secret(secret, key.data)
+    opened = TargetNode(client, node, secret=secret)
+    try:
+        encrypt = {"format": "luks", "key-secret": secret}
+        below: str | Literal[False] = False
+        if previous is not None:
+            files = previous.chain or (previous.image,)
+            opened.chain = len(files)  # closing skips the nodes that were not opened
+            below = client.open_chain(files, f"{node}b", encrypt=encrypt)
+        client.blockdev_add(
+            node,
+            "qcow2",
+            filename=target,
+            backing=below,
+            encrypt=encrypt,
+            **TARGET_OPTIONS,
+            **opts,
+        )
+    except BaseException:
+        with contextlib.suppress(QsdError):
+            opened.close()
+        raise
+    return opened
 
 
 def start_daemon(workdir: Path, settings: Settings, name: str) -> QsdServer:

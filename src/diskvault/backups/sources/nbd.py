@@ -28,8 +28,8 @@ from diskvault.backups.sources.base import (
 )
 from diskvault.backups.sources.daemon import (
     JOB_PREFIX,
-    TARGET_OPTIONS,
     TARGET_PREFIX,
+    open_target,
     start_daemon,
 )
 from diskvault.backups.sources.pump import copy_extents, fuse_view, target_view
@@ -100,7 +100,7 @@ class NbdSession:
         return None
 
     def copy(self, target: Path, plan: Plan, previous: Previous | None) -> Copied:
-        create_target(target, plan, previous, self.opts.settings.QEMU_IMG_PATH)
+        create_target(target, plan, previous, self.opts)
         server = self._server = start_daemon(self.opts.workdir, self.opts.settings, "nbd")
         try:
             server.qmp(
@@ -111,7 +111,7 @@ class NbdSession:
         except QsdError as exc:
             raise self._unavailable(exc.stderr) from exc
         if plan.backup_type == "incremental":
-            moved = self._copy_dirty(server, target)
+            moved = self._copy_dirty(server, target, previous)
         else:
             moved = self._copy_full(server, target, plan)
         tracking: dict[str, Any] = {"kind": "none"}
@@ -127,19 +127,28 @@ class NbdSession:
     def _copy_full(self, server: QsdServer, target: Path, plan: Plan) -> int:
         short = self.opts.backup_id[:12]
         node, job = f"{TARGET_PREFIX}{short}", f"{JOB_PREFIX}{short}"
-        server.blockdev_add(node, "qcow2", filename=target, **TARGET_OPTIONS)
-        server.blockdev_backup(job, "src", node, sync="full", speed=self.opts.speed)
+        storage = self.opts.storage
+        opened = open_target(server, node, target, None, storage)
+        server.blockdev_backup(
+            job,
+            "src",
+            node,
+            sync="full",
+            speed=self.opts.speed,
+            compress=storage.compression is not None,
+        )
         server.wait_job(
             job, progress=self.opts.progress, should_cancel=self.opts.should_cancel, poll=POLL
         )
-        server.blockdev_del(node)
+        opened.close()
         return plan.virtual_size
 
-    def _copy_dirty(self, server: QsdServer, target: Path) -> int:
+    def _copy_dirty(self, server: QsdServer, target: Path, previous: Previous | None) -> int:
         view = server.workdir / "src.raw"
+        short, storage = self.opts.backup_id[:12], self.opts.storage
         with (
             fuse_view(server, "src", view, writable=False) as src,
-            target_view(server, target, self.opts.backup_id[:12]) as dst,
+            target_view(server, target, short, previous, storage) as dst,
         ):
             return copy_extents(
                 src,

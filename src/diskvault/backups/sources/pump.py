@@ -12,9 +12,9 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
-from diskvault.backups.sources.daemon import TARGET_OPTIONS, TARGET_PREFIX
+from diskvault.backups.sources.base import Previous, Storage
+from diskvault.backups.sources.daemon import TARGET_PREFIX, open_target
 from diskvault.tools.process import Cancelled
 from diskvault.tools.qsd import QsdServer
 
@@ -37,15 +37,24 @@ def fuse_view(server: QsdServer, node: str, path: Path, *, writable: bool) -> It
 
 
 @contextlib.contextmanager
-def target_view(server: QsdServer, target: Path, short_id: str) -> Iterator[int]:
+def target_view(
+    server: QsdServer, target: Path, short_id: str, previous: Previous | None, storage: Storage
+) -> Iterator[int]:
+    """A writable raw view of the new point's file; with compression every write goes
+    through a ``compress`` filter node, so each cluster is stored compressed."""
     node = f"{TARGET_PREFIX}{short_id}"
-    opts: dict[str, Any] = {**TARGET_OPTIONS, "detect-zeroes": "on"}
-    server.blockdev_add(node, "qcow2", filename=target, **opts)
+    opened = open_target(server, node, target, previous, storage, **{"detect-zeroes": "on"})
+    top = node
     try:
-        with fuse_view(server, node, server.workdir / f"{node}.raw", writable=True) as fd:
+        if storage.compression:
+            top = f"{node}c"
+            server.qmp("blockdev-add", {"driver": "compress", "node-name": top, "file": node})
+        with fuse_view(server, top, server.workdir / f"{node}.raw", writable=True) as fd:
             yield fd
     finally:
-        server.blockdev_del(node)
+        if top != node:
+            server.blockdev_del(top)
+        opened.close()
 
 
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:

@@ -29,8 +29,9 @@ from diskvault.backups.sources.base import (
 )
 from diskvault.backups.sources.daemon import (
     JOB_PREFIX,
-    TARGET_OPTIONS,
     TARGET_PREFIX,
+    TargetNode,
+    open_target,
     start_daemon,
 )
 from diskvault.tools.qmp_block import BlockClient, backup_action, bitmap_add_action
@@ -69,7 +70,7 @@ class BitmapSession:
         self.source = source
         self.persistent = True
         self._new: str | None = None
-        self._target: str | None = None
+        self._target: TargetNode | None = None
         self._committed = False
 
     def plan(self, want: Kind, previous: Previous | None) -> Plan:
@@ -105,10 +106,12 @@ class BitmapSession:
     def copy(self, target: Path, plan: Plan, previous: Previous | None) -> Copied:
         short = self.opts.backup_id[:12]
         node, job = f"{TARGET_PREFIX}{short}", f"{JOB_PREFIX}{short}"
-        create_target(target, plan, previous, self.opts.settings.QEMU_IMG_PATH)
-        self.client.blockdev_add(node, "qcow2", filename=target, **TARGET_OPTIONS)
-        self._target = node
+        create_target(target, plan, previous, self.opts)
+        incremental = previous if plan.backup_type == "incremental" else None
+        storage = self.opts.storage
+        self._target = open_target(self.client, node, target, incremental, storage)
         new = tracking_name(self.opts.backup_id)
+        compress = storage.compression is not None
         if plan.backup_type == "incremental":
             assert previous is not None
             backup = backup_action(
@@ -119,9 +122,12 @@ class BitmapSession:
                 bitmap=previous.tracking["bitmap"],
                 bitmap_mode="never",
                 speed=self.opts.speed,
+                compress=compress,
             )
         else:
-            backup = backup_action(job, self.node, node, sync="full", speed=self.opts.speed)
+            backup = backup_action(
+                job, self.node, node, sync="full", speed=self.opts.speed, compress=compress
+            )
         if self.own and plan.backup_type == "full":
             backup["data"]["x-perf"] = FAST_COPY
         self._start(new, backup)
@@ -147,8 +153,8 @@ class BitmapSession:
 
     def _detach(self) -> None:
         if self._target is not None:
-            node, self._target = self._target, None
-            self.client.blockdev_del(node)
+            target, self._target = self._target, None
+            target.close()
 
     def commit(self, keep: Iterable[str]) -> None:
         self._committed = True

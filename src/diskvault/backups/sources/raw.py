@@ -98,11 +98,13 @@ class RawSession:
         return None
 
     def copy(self, target: Path, plan: Plan, previous: Previous | None) -> Copied:
-        create_target(target, plan, previous, self.opts.settings.QEMU_IMG_PATH)
+        create_target(target, plan, previous, self.opts)
         server = self._server = start_daemon(self.opts.workdir, self.opts.settings, "raw")
         digests = bytearray()
         written = 0
-        with target_view(server, target, self.opts.backup_id[:12]) as dst:
+        incremental = previous if plan.backup_type == "incremental" else None
+        short = self.opts.backup_id[:12]
+        with target_view(server, target, short, incremental, self.opts.storage) as dst:
             src = os.open(self.path, os.O_RDONLY)
             try:
                 written = self._pump(src, dst, plan, digests)
@@ -121,6 +123,10 @@ class RawSession:
         view = memoryview(buf)
         zero = memoryview(bytes(CLUSTER))
         previous = self._previous_map if plan.backup_type == "incremental" else None
+        key = self.opts.storage.key
+        # In an encrypted repository the map's hashes are seeded from the key, so they
+        # cannot be used to confirm a guess of a cluster's content without it.
+        seed = key.hash_seed if key else 0
         offset = written = 0
         while offset < plan.virtual_size:
             if self.opts.should_cancel():
@@ -133,7 +139,7 @@ class RawSession:
                 changed = False
                 if pos < n:
                     cluster = view[pos : min(pos + CLUSTER, n)]
-                    digest = xxhash.xxh3_128_digest(cluster)
+                    digest = xxhash.xxh3_128_digest(cluster, seed)
                     index = (offset + pos) // CLUSTER
                     digests += digest
                     if previous is not None:
