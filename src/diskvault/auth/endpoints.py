@@ -37,11 +37,7 @@ def shutdown(app: FastAPI) -> None:
 @router.post(
     "/auth/login",
     response_model=TokenPair,
-    summary="Log in with username and password",
-    responses={
-        401: {"description": "wrong username or password"},
-        429: {"description": "too many failed logins for this user or client; see Retry-After"},
-    },
+    summary="Log in with username and password (429 with Retry-After after repeated failures)",
 )
 async def login(body: LoginRequest, request: Request, settings: SettingsDep) -> Any:
     client = request.client.host if request.client else "unknown"

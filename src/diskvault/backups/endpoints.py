@@ -110,7 +110,7 @@ def update_repository(
 @router.post(
     "/repositories/{ref}/rekey",
     response_model=RepositoryOut,
-    responses={400: {"description": "not encrypted"}, 422: {"description": "bad key file"}},
+    summary="New key for new chains (400 when not encrypted, 422 for a bad key file)",
 )
 def rekey(ref: str, body: RekeyRequest, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
     """New chains under a new key; older points stay readable with the old one."""
