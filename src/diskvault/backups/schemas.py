@@ -163,7 +163,14 @@ class RestoreRequest(BaseModel):
     image_name: str | None = Field(default=None, description="image: library name")
 
 
+ADOPT = (
+    "false (the default): retention and merges touch only the points this policy made; "
+    "true: also hand-made points and other policies' points of its sources"
+)
+
+
 class PolicyCreate(Retention):
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME)
     sources: list[str] = Field(min_length=1)
     repository: str | None = None
@@ -174,6 +181,62 @@ class PolicyCreate(Retention):
     verify_schedule: str | None = None
     copy_to: str | None = Field(default=None, description="repository for a second copy")
     enabled: bool = True
+    adopt_existing: bool = Field(default=False, description=ADOPT)
+
+
+class PolicyUpdate(Retention):
+    """Only the fields given change; a keep_* rule set to null is dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[str] | None = Field(default=None, min_length=1)
+    repository: str | None = None
+    schedule: str | None = None
+    backup_type: Literal["full", "incremental", "auto"] | None = None
+    max_chain_length: int | None = Field(default=None, ge=1)
+    immutability_days: float | None = Field(default=None, ge=0)
+    verify_schedule: str | None = None
+    copy_to: str | None = None
+    enabled: bool | None = None
+    adopt_existing: bool | None = Field(default=None, description=ADOPT)
+
+
+class PreviewPoint(BaseModel):
+    id: str
+    vm_name: str
+    disk: int
+    created_at: datetime
+    keep: bool
+    rule: str = Field(description="keep-last..keep-yearly, protected, not-owned, no-rules...")
+    reason: str
+    backup_type: str | None
+    chain_id: str | None
+
+
+class PreviewMerge(BaseModel):
+    id: str = Field(description="the point folded away")
+    into: str = Field(description="the point that becomes the chain's full")
+    vm_name: str
+    disk: int
+    rule: str
+    reason: str
+
+
+class PolicyPreview(BaseModel):
+    """What the policy's next run would keep, remove and merge, and which rule decided."""
+
+    at: datetime
+    adopt_existing: bool
+    keep: list[PreviewPoint]
+    remove: list[PreviewPoint]
+    merge: list[PreviewMerge]
+    destructive: bool = Field(description="true when anything would be removed or merged")
+    note: str
+
+
+class PolicyHistoryEntry(BaseModel):
+    at: datetime
+    event: str = Field(description="created | changed")
+    preview: PolicyPreview
 
 
 class PolicyOut(BaseModel):
@@ -190,6 +253,11 @@ class PolicyOut(BaseModel):
     verify_schedule: str | None
     copy_repository_id: str | None
     enabled: bool
+    adopt_existing: bool
     last_run_at: datetime | None
     last_verify_at: datetime | None
     created_at: datetime
+
+
+class PolicySaved(PolicyOut):
+    preview: PolicyPreview
