@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.tree import Tree
 
+from diskvault.cli import policy_preview as _policies
 from diskvault.cli import restore as _restore_cli
 from diskvault.cli.client import Client
 from diskvault.cli.common import console, human_bytes, print_table
@@ -330,8 +331,13 @@ def policy_add(
     immutable_days: float = typer.Option(0.0, "--immutable-days"),
     verify_schedule: str = typer.Option(None, "--verify-schedule"),
     copy_to: str = typer.Option(None, "--copy-to"),
+    adopt_existing: bool = typer.Option(
+        False, "--adopt-existing", help="also prune and merge points it did not make"
+    ),
+    yes: bool = _policies.YES,
 ) -> None:
     """Add a policy: schedule, retention, chain length, immutability, verify, copy.
+    Shows what its first run would keep, remove and merge, and asks if it removes any.
 
     Example: diskvault backup policy add nightly --source web1 --schedule '0 2 * * *' --keep-daily 7
     """
@@ -349,8 +355,13 @@ def policy_add(
         "immutability_days": immutable_days,
         "verify_schedule": verify_schedule,
         "copy_to": copy_to,
+        "adopt_existing": adopt_existing,
     }
-    policy = Client().post("/api/v1/policies", json=body)
+    client = Client()
+    preview = client.post("/api/v1/policies/preview", json=body)
+    _policies.show(preview)
+    _policies.confirm(preview, yes, "Its first run removes or merges restore points. Add it?")
+    policy = client.post("/api/v1/policies", json=body)
     console.print(f"policy {policy['name']} added: {policy['id']}")
 
 
@@ -378,12 +389,15 @@ def policy_list() -> None:
 
 
 @policy_app.command("run")
-def policy_run(name: str = typer.Argument(...)) -> None:
-    """Run a policy now (one backup job per source).
+def policy_run(name: str = typer.Argument(...), yes: bool = _policies.YES) -> None:
+    """Run a policy now (one backup job per source); asks first when its first run
+    would remove or merge points.
 
     Example: diskvault backup policy run nightly
     """
-    out = Client().post(f"/api/v1/policies/{name}/run")
+    client = Client()
+    _policies.before_first_run(client, name, yes)
+    out = client.post(f"/api/v1/policies/{name}/run")
     console.print(f"queued jobs: {', '.join(out['job_ids'])}")
 
 
@@ -428,3 +442,4 @@ def source_list() -> None:
 
 # File-level restore lives in its own domain; its verbs also belong under `backup`.
 _restore_cli.register(app)
+_policies.register(policy_app)
