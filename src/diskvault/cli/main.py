@@ -7,7 +7,7 @@ import traceback
 
 import typer
 
-from diskvault.cli import serve, session, worker
+from diskvault.cli import config, serve, session, worker
 from diskvault.cli.client import ApiError
 from diskvault.cli.common import err_console
 from diskvault.domains import cli_modules
@@ -38,6 +38,7 @@ app.command()(session.logout)
 app.command()(session.status)
 app.command()(session.version)
 app.command()(worker.worker)
+app.add_typer(config.app, name="config")
 for _name, _module in cli_modules():
     app.add_typer(_module.app, name=getattr(_module, "NAME", _name))
     for _extra_name, _extra in getattr(_module, "EXTRA_GROUPS", {}).items():
