@@ -51,6 +51,14 @@ def test_sources_repositories_and_errors(
     )
     assert job.status_code == 202 and job.json()["kind"] == "backup-run"
     assert job.json()["params"]["repository_id"] == repo.json()["id"]
+    # the backup spec's name of the default repository
+    spec = app_client.post(
+        "/api/v1/backup/start", json={"vm_name": "vm-a", "repository": "local"}, headers=h
+    )
+    assert spec.status_code == 202, spec.text
+    default = app_client.get("/api/v1/repositories/default", headers=h).json()
+    assert spec.json()["params"]["repository_id"] == default["id"]
+    assert app_client.get("/api/v1/repositories/local", headers=h).json()["id"] == default["id"]
     missing = app_client.post("/api/v1/backup/start", json={"vm_name": "nope"}, headers=h)
     assert "diskvault source list" in assert_problem(missing, 404)["detail"]
     to_s3 = app_client.post(
