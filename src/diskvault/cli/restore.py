@@ -38,11 +38,12 @@ def _print_mount(mount: dict[str, Any]) -> None:
             human_bytes(p["size"]),
             p["label"] or "",
             "yes" if p["mounted"] else "no",
-            p["reason"] or "",
+            p.get("mount_path") or p["reason"] or "",
         )
         for p in mount["partitions"]
     ]
-    print_table("partitions", ["#", "fstype", "size", "label", "mounted", "reason"], rows)
+    cols = ["#", "fstype", "size", "label", "mounted", "server path / reason"]
+    print_table("partitions", cols, rows)
 
 
 def mount(backup_id: str = typer.Option(..., "--backup-id", help="restore point id")) -> None:
