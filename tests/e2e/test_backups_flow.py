@@ -89,7 +89,7 @@ def test_cli_flow(srv: ServerProcess, api: httpx.Client, tmp_path: Path) -> None
     assert verified.returncode == 0 and "no problems" in verified.stdout, verified.stderr
     dest = srv.data_dir / "restores" / "restored.raw"  # the default restore root
     outside = cli(srv, api, tmp_path, "backup", "restore", first["id"], "--to", str(tmp_path / "x"))
-    assert outside.returncode != 0 and "DISKVAULT_BACKUP_RESTORE_ROOTS" in outside.stderr
+    assert outside.returncode == 9 and "DISKVAULT_BACKUP_RESTORE_ROOTS" in outside.stderr
     restored = cli(
         srv, api, tmp_path, "backup", "restore", first["id"], "--to", str(dest), "--format", "raw"
     )

@@ -10,7 +10,7 @@ from rich.tree import Tree
 
 from diskvault.cli import policy_preview as _policies
 from diskvault.cli import restore as _restore_cli
-from diskvault.cli.client import Client
+from diskvault.cli.client import Client, server_path
 from diskvault.cli.common import console, human_bytes, print_table
 from diskvault.cli.progress import watch
 
@@ -146,7 +146,9 @@ def verify(
 @app.command()
 def restore(
     backup_id: str = typer.Argument(..., help="restore point id"),
-    to: str = typer.Option(None, "--to", help="new file path on the server"),
+    to: str = typer.Option(
+        None, "--to", help="new file on the server (relative: from here, if it runs here)"
+    ),
     fmt: str = typer.Option("qcow2", "--format", help="qcow2 | raw | vmdk | vdi | vhdx | vpc"),
     nbd: str = typer.Option(None, "--nbd", help="restore onto this NBD URL instead"),
     image: str = typer.Option(None, "--image", help="restore into the image library as NAME"),
@@ -163,7 +165,8 @@ def restore(
     elif image:
         body = {"target": "image", "image_name": image}
     else:
-        body = {"target": "file", "path": to, "format": fmt}
+        path = server_path(client.url, to, "--to") if to else None
+        body = {"target": "file", "path": path, "format": fmt}
     final = _job(client, client.post(f"/api/v1/backup/{bid}/restore", json=body), wait)
     if wait:
         result = final.get("result") or {}

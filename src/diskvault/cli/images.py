@@ -25,7 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from diskvault.cli.client import Client, Unreachable, api_error
+from diskvault.cli.client import Client, Unreachable, api_error, server_path
 from diskvault.cli.common import console, human_bytes, print_table
 from diskvault.cli.progress import watch
 from diskvault.errors import BadRequest
@@ -154,7 +154,7 @@ def import_(
     if source.startswith(("http://", "https://")):
         body["url"] = source
     else:
-        body["path"] = os.path.abspath(source)
+        body["path"] = server_path(client.url, source, "SOURCE")
     image = client.post("/api/v1/images/import", json=body)
     console.print(f"importing {source}: image {image['id']} ({image['status']})")
     _finish(client, image, wait)
