@@ -59,3 +59,16 @@ def test_relative_server_paths(tmp_path: os.PathLike[str], monkeypatch: pytest.M
         server_path("https://vault.example.com", "./r.raw", "--to")
     assert "absolute path on the server" in refused.value.message
     assert refused.value.exit_code == 2
+
+
+def test_a_succeeded_job_renders_a_full_bar() -> None:
+    from diskvault.cli.progress import bar_position
+
+    # convert --wait: the last progress (hashing) predates the end; the bar must say 100%
+    last = {"status": "succeeded", "bytes_total": 1000, "bytes_done": 870, "percent": 87.0}
+    assert bar_position(last) == (1000, 1000)
+    assert bar_position({"status": "succeeded", "percent": 96.0}) == (100, 100)
+    assert bar_position({"status": "running", "bytes_total": 1000, "bytes_done": 870}) == (
+        1000,
+        870,
+    )

@@ -74,7 +74,7 @@ def _show(image: dict[str, Any]) -> None:
         ("type", image["image_type"]),
         ("status", image["status"]),
         ("format", image["format"]),
-        ("target format", image["target_format"] or "(default)"),
+        ("target format", image["target_format"] or "(the server's default)"),
         ("virtual size", human_bytes(image["virtual_size"])),
         ("actual size", human_bytes(image["actual_size"])),
         ("sha256", image["sha256"]),
