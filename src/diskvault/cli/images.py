@@ -186,7 +186,7 @@ def list_(
             i["status"],
             i["format"] or "",
             human_bytes(i["virtual_size"]),
-            (i["error"] or "")[:60],
+            i["error"] or "",  # the inspector's reason for a refused image, in full
         )
         for i in page["items"]
     ]
@@ -348,15 +348,33 @@ def download(
 
 
 @app.command("rm")
-def remove(image_id: str = typer.Argument(..., help="image id (a unique prefix works)")) -> None:
-    """Delete an image (refused while a target, machine or backup uses it).
+def remove(
+    image_id: str = typer.Argument(None, help="image id (a unique prefix works)"),
+    status: str = typer.Option(
+        None, "--status", help="instead: delete every image in this status (e.g. error)"
+    ),
+) -> None:
+    """Delete an image, or every image in one status (refused while a target, machine or
+    backup uses it).
 
-    Example: diskvault image rm 3f2a9c
+    Example: diskvault image rm --status error
     """
     client = Client()
-    resolved = _resolve(client, image_id)
-    client.delete(f"/api/v1/images/{resolved}")
-    console.print(f"image {resolved} deleted")
+    if (image_id is None) == (status is None):
+        raise typer.BadParameter("give an IMAGE_ID or --status, not both")
+    if image_id is not None:
+        resolved = _resolve(client, image_id)
+        client.delete(f"/api/v1/images/{resolved}")
+        console.print(f"image {resolved} deleted")
+        return
+    deleted = 0
+    while items := client.get("/api/v1/images", params={"status": status.upper()})["items"]:
+        for image in items:
+            client.delete(f"/api/v1/images/{image['id']}")
+            deleted += 1
+            reason = f": {image['error']}" if image["error"] else ""
+            console.print(f"image {image['id']} ({image['name']}) deleted{reason}", highlight=False)
+    console.print(f"{deleted} {status.upper()} image(s) deleted")
 
 
 # -- versions (diskless boot) -------------------------------------------------
