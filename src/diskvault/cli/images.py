@@ -28,6 +28,7 @@ from rich.progress import (
 from diskvault.cli.client import Client, Unreachable, api_error, server_path
 from diskvault.cli.common import console, human_bytes, print_table
 from diskvault.cli.progress import watch
+from diskvault.cli.sparse import SparseWriter
 from diskvault.errors import BadRequest
 
 NAME = "image"
@@ -334,11 +335,14 @@ def download(
             if resp.status_code != 206:
                 have = 0
             total = have + int(resp.headers.get("content-length", 0))
-            with open(partial, "ab" if have else "wb") as fh, _bar() as bar:
+            with open(partial, "r+b" if have else "wb") as fh, _bar() as bar:
+                fh.seek(have)
+                sparse = SparseWriter(fh)
                 task = bar.add_task(f"download {output.name}", total=total, completed=have)
                 for chunk in resp.iter_raw(CHUNK):
-                    fh.write(chunk)
+                    sparse.write(chunk)
                     bar.advance(task, len(chunk))
+                sparse.close()
                 fh.flush()
                 os.fsync(fh.fileno())
     except httpx.TransportError as exc:

@@ -14,6 +14,7 @@ import typer
 
 from diskvault.cli.client import Client, Unreachable, api_error
 from diskvault.cli.common import console, human_bytes, print_table
+from diskvault.cli.sparse import SparseWriter
 
 NAME = "restore"
 app = typer.Typer(
@@ -116,8 +117,10 @@ def _save(client: Client, url: str, params: dict[str, Any], output: Path, name: 
                 output = output / (name + suffix)
             partial = output.with_name(output.name + ".partial")
             with open(partial, "wb") as fh:
+                sparse = SparseWriter(fh)
                 for chunk in resp.iter_raw(CHUNK):
-                    fh.write(chunk)
+                    sparse.write(chunk)
+                sparse.close()
                 fh.flush()
                 os.fsync(fh.fileno())
     except httpx.TransportError as exc:
