@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.tree import Tree
 
 from diskvault.cli import policy_preview as _policies
 from diskvault.cli import restore as _restore_cli
@@ -112,6 +111,8 @@ def chain(vm: str = typer.Option(..., "--vm"), repo: str = typer.Option(None, "-
         label = f"{vm} disk {c['disk_index']} chain {c['chain_id'][:8]} ({size})"
         if c["broken_reason"]:
             label += f" [red]damaged: {c['broken_reason']}[/]"
+        from rich.tree import Tree
+
         node = tree = Tree(label)
         for p in c["points"]:
             flags = []

@@ -6,11 +6,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from diskvault.errors import DiskvaultError
+
+if TYPE_CHECKING:
+    import httpx  # imported when a request is made: `diskvault --help` starts faster
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -95,7 +97,7 @@ def server_path(url: str, path: str, option: str) -> str:
     is on this host (a loopback URL); for a remote server they are refused."""
     if os.path.isabs(path):
         return path
-    host = httpx.URL(url).host
+    host = urlsplit(url).hostname or ""
     if host in ("localhost", "::1") or host.startswith("127."):
         return os.path.abspath(path)
     raise ServerPathUnseen(option=option, path=path, url=url)
@@ -112,6 +114,8 @@ class Client:
         self.url = server_url(url)
         cfg = load_config()
         self.token = token or os.environ.get("DISKVAULT_TOKEN") or cfg.get("token")
+        import httpx
+
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
 
     def _headers(self, auth: bool) -> dict[str, str]:
@@ -122,6 +126,8 @@ class Client:
         return {"Authorization": f"Bearer {self.token}"}
 
     def request(self, method: str, path: str, *, auth: bool = True, **kw: Any) -> Any:
+        import httpx
+
         headers = {**self._headers(auth), **kw.pop("headers", {})}
         try:
             resp = self.http.request(method, path, headers=headers, **kw)

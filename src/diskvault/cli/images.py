@@ -11,25 +11,18 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from diskvault.cli.client import Client, Unreachable, api_error, server_path
-from diskvault.cli.common import console, human_bytes, print_table
+from diskvault.cli.common import console, human_bytes, print_table, real
 from diskvault.cli.progress import watch
 from diskvault.cli.sparse import SparseWriter
 from diskvault.errors import BadRequest
+
+if TYPE_CHECKING:  # rich and httpx load when a command needs them: a faster start
+    from rich.progress import Progress
 
 NAME = "image"
 app = typer.Typer(help="Disk images. Example: diskvault image upload win11.vhdx --wait")
@@ -40,6 +33,16 @@ _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def _bar() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -47,7 +50,7 @@ def _bar() -> Progress:
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=real(console),
     )
 
 
@@ -132,7 +135,7 @@ def upload(
         params=params,
         content=tracked(),
         headers={"Content-Type": sparse.CONTENT_TYPE},
-        timeout=httpx.Timeout(300.0),
+        timeout=300.0,
     )
     console.print(f"uploaded {file.name}: image {image['id']} ({image['status']})")
     _finish(client, image, wait)
@@ -252,7 +255,7 @@ def info(
 @app.command()
 def convert(
     source: str = typer.Argument(..., help="image id, or with --local a source file"),
-    dest: Path = typer.Argument(None, help="with --local: the output file"),
+    dest: Path = typer.Argument(None, help="a local output file (implies --local)"),
     to: str = typer.Option(..., "--to", help="raw|qcow2|vmdk|vhdx"),
     local: bool = typer.Option(False, "--local", help="convert local files; no server needed"),
     compress: bool = typer.Option(False, "--compress", help="qcow2: compressed clusters"),
@@ -261,14 +264,14 @@ def convert(
         True, "--sync/--no-sync", help="with --local: flush DST to disk before naming it"
     ),
 ) -> None:
-    """Convert an image, on the server (by id) or locally (SRC DST --local) with a progress bar.
+    """Convert an image, on the server (by id) or locally (SRC DST) with a progress bar.
 
-    --no-sync skips the final flush, as qemu-img and cp do: faster, but after a
-    power cut DST may lack data.
+    Giving DST means a local conversion (--local is implied). --no-sync skips the
+    final flush, as qemu-img and cp do: faster, but after a power cut DST may lack data.
 
-    Example: diskvault image convert disk.vhdx disk.raw --to raw --local
+    Example: diskvault image convert disk.vhdx disk.raw --to raw
     """
-    if not local:
+    if not local and dest is None:
         client = Client()
         body = {"target_format": to, "compress": compress}
         image = client.post(f"/api/v1/images/{_resolve(client, source)}/convert", json=body)
@@ -322,6 +325,8 @@ def download(
 
     Example: diskvault image download 3f2a9c -o win11.raw
     """
+    import httpx
+
     client = Client(timeout=300)
     path = f"/api/v1/images/{_resolve(client, image_id)}/download"
     partial = output.with_name(output.name + ".partial")

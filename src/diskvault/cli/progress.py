@@ -5,20 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
-
 from diskvault.cli.client import Client
-from diskvault.cli.common import console
+from diskvault.cli.common import console, real
 from diskvault.errors import DiskvaultError
 
 
@@ -47,6 +35,18 @@ def bar_position(msg: dict[str, Any]) -> tuple[float, float]:
 
 def watch(client: Client, job_id: str, *, quiet: bool = False) -> dict[str, Any]:
     """Show a progress bar until the job ends; raise JobFailed unless it succeeded."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
     final: dict[str, Any] | None = None
     columns = [
         TextColumn("[bold]{task.description}"),
@@ -57,7 +57,7 @@ def watch(client: Client, job_id: str, *, quiet: bool = False) -> dict[str, Any]
         TimeRemainingColumn(),
         TextColumn("{task.fields[message]}"),
     ]
-    with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
+    with Progress(*columns, console=real(console), disable=quiet, transient=False) as bar:
         task = bar.add_task(job_id[:8], total=None, message="")
         try:
             with connect(_ws_url(client, job_id), open_timeout=15) as ws:

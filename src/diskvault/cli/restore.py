@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import httpx
 import typer
 
 from diskvault.cli.client import Client, Unreachable, api_error
@@ -105,6 +104,8 @@ def _mounted(client: Client, mount_id: str | None, backup_id: str | None) -> Ite
 
 def _save(client: Client, url: str, params: dict[str, Any], output: Path, name: str) -> Path:
     """Stream a download to ``output`` (a directory gets the server's name in it)."""
+    import httpx
+
     headers = client._headers(True)
     try:
         with client.http.stream("GET", url, params=params, headers=headers) as resp:
