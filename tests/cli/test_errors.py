@@ -72,3 +72,23 @@ def test_a_succeeded_job_renders_a_full_bar() -> None:
         1000,
         870,
     )
+
+
+def test_version_and_help_do_not_load_rich_or_httpx() -> None:
+    """Issue 17 point 7: start-up imports only what the command needs (no timing here)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; sys.argv = ['diskvault', '{arg}']\n"
+        "from diskvault.cli.entry import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in ('typer', 'rich', 'httpx', 'diskvault.config')"
+        " if m in sys.modules))"
+    )
+    for arg, allowed in (("version", []), ("--help", ["typer"])):
+        out = subprocess.run(
+            [sys.executable, "-c", probe.format(arg=arg)], capture_output=True, text=True
+        )
+        loaded = out.stdout.rsplit("LOADED ", 1)[1].strip()
+        assert loaded == repr(allowed), (arg, loaded)
