@@ -19,7 +19,7 @@ Where the rest of a convert's time goes: the CLI inspects the headers, runs
 ``qemu-img info`` under limits, checks free space, converts with ``-m 8 -W``
 into ``DST.partial``, then fsyncs (the final flush) and renames.
 
-Usage: .venv/bin/python bench/cli.py [--runs 5] [--big] [--workdir /var/tmp/dv-bench-cli]
+Usage: .venv/bin/python bench/cli.py [--runs 5] [--big | --no-convert] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--convert-runs", type=int, default=2)
     parser.add_argument("--big", action="store_true", help="also convert 8 GiB")
+    parser.add_argument("--no-convert", action="store_true", help="start-up rows only")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/dv-bench-cli"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +125,8 @@ def main() -> None:
     try:
         startup(args.runs, table)
         api_overhead(args.runs, args.workdir, table)
-        for size in (2 * GiB, 8 * GiB) if args.big else (2 * GiB,):
+        sizes = () if args.no_convert else (2 * GiB, 8 * GiB) if args.big else (2 * GiB,)
+        for size in sizes:
             convert(args.convert_runs, size, args.workdir, table)
     finally:
         table.print()
