@@ -6,7 +6,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: run test lint deps system-deps clean bench fuzz
+.PHONY: run test lint deps system-deps clean bench fuzz settings-doc
 
 deps: system-deps $(STAMP)
 
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 
 run: deps
 	$(BIN)/diskvault serve
+
+settings-doc: deps  # regenerate docs/settings.md from diskvault.config.Settings
+	$(BIN)/python -m diskvault.settings_doc --write
 
 lint: deps
 	$(BIN)/ruff check src tests bench

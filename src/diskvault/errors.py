@@ -68,7 +68,7 @@ class Unauthorized(DiskvaultError):
 
 class Forbidden(DiskvaultError):
     status = 403
-    exit_code = 3
+    exit_code = 9
     title = "Forbidden"
 
 

@@ -51,6 +51,14 @@ def test_sources_repositories_and_errors(
     )
     assert job.status_code == 202 and job.json()["kind"] == "backup-run"
     assert job.json()["params"]["repository_id"] == repo.json()["id"]
+    # the backup spec's name of the default repository
+    spec = app_client.post(
+        "/api/v1/backup/start", json={"vm_name": "vm-a", "repository": "local"}, headers=h
+    )
+    assert spec.status_code == 202, spec.text
+    default = app_client.get("/api/v1/repositories/default", headers=h).json()
+    assert spec.json()["params"]["repository_id"] == default["id"]
+    assert app_client.get("/api/v1/repositories/local", headers=h).json()["id"] == default["id"]
     missing = app_client.post("/api/v1/backup/start", json={"vm_name": "nope"}, headers=h)
     assert "diskvault source list" in assert_problem(missing, 404)["detail"]
     to_s3 = app_client.post(
@@ -76,6 +84,24 @@ def test_policies(app_client: TestClient, admin_token: str, tmp_path: Path) -> N
     created = app_client.post("/api/v1/policies", json=body, headers=h)
     assert created.status_code == 201, created.text
     assert created.json()["retention"] == {"keep_daily": 7}
+    assert created.json()["preview"]["destructive"] is False
+    assert created.json()["adopt_existing"] is False
+    would = app_client.post(
+        "/api/v1/policies/preview", json={**body, "name": "other", "keep_last": 1}, headers=h
+    )
+    assert would.status_code == 200 and would.json()["remove"] == [], would.text
+    assert app_client.get("/api/v1/policies/other", headers=h).status_code == 404
+    typo = app_client.patch("/api/v1/policies/nightly", json={"keep_dayly": 3}, headers=h)
+    assert_problem(typo, 422)
+    changed = app_client.patch(
+        "/api/v1/policies/nightly", json={"keep_daily": None, "keep_last": 2}, headers=h
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["retention"] == {"keep_last": 2} and "preview" in changed.json()
+    history = app_client.get("/api/v1/policies/nightly/history", headers=h).json()
+    assert [e["event"] for e in history] == ["created", "changed"]
+    same = app_client.post("/api/v1/policies/nightly/preview", json={}, headers=h)
+    assert same.status_code == 200 and same.json()["destructive"] is False
     run = app_client.post("/api/v1/policies/nightly/run", headers=h)
     assert run.status_code == 202 and len(run.json()["job_ids"]) == 1
     assert app_client.get("/api/v1/policies/nightly", headers=h).json()["last_run_at"]

@@ -41,7 +41,7 @@ def test_schedules_queue_runs_and_verifies(bsettings: Settings, repo: str, tmp_p
             "verify_schedule": "*/5 * * * *",
             "keep_last": 3,
         }
-        policy = policies.create(bsettings, s, body)
+        policy, _ = policies.create(bsettings, s, body)
         policy.created_at = datetime.now(UTC) - timedelta(minutes=10)
         policy_id = policy.id
     policies.tick(bsettings)
@@ -76,3 +76,49 @@ def test_immutable_files_get_chattr_until_window_ends(
     with session_scope(bsettings.DATABASE_URL) as s:
         chains.delete_point(bsettings, s, s.get(Backup, first))
     assert not any(f.exists() for f in files)
+
+
+def test_policy_touches_only_its_own_points_and_previews_first(
+    bsettings: Settings, repo: str, tmp_path: Path
+) -> None:
+    """Issue 17: a new keep-last 1 policy merged three hand-made points without a word."""
+    import diskvault.backups.tasks  # noqa: F401  (registers the job kinds)
+    from diskvault.jobs import runner
+    from diskvault.jobs.models import JobStatus
+
+    disk = create_disk(tmp_path / "vm.qcow2", size=8 * 1024 * 1024)
+    add_source(bsettings, "vm1", "qcow2", disks=[str(disk)])
+    hand = [backup(bsettings, "vm1", repo) for _ in range(3)]  # full + 2 incrementals
+    body = {"name": "daily", "sources": ["vm1"], "repository": repo, "keep_last": 1}
+    body["max_chain_length"] = 2
+    with session_scope(bsettings.DATABASE_URL) as s:
+        policy, shown = policies.create(bsettings, s, body)
+        policy_id = policy.id
+    assert not shown["destructive"] and shown["remove"] == [] and shown["merge"] == []
+    assert sorted(p["id"] for p in shown["keep"]) == sorted(hand)
+    assert {p["rule"] for p in shown["keep"]} == {"not-owned"}
+
+    for _ in range(2):
+        with session_scope(bsettings.DATABASE_URL) as s:
+            (job_id,) = policies.run_now(bsettings, s, s.get(BackupPolicy, policy_id), "t")
+        runner.run_job(bsettings, job_id)
+        with session_scope(bsettings.DATABASE_URL) as s:
+            job = s.get(Job, job_id)
+            assert job is not None and job.status == JobStatus.succeeded, job.error
+    with session_scope(bsettings.DATABASE_URL) as s:
+        rows = list(s.scalars(select(Backup).where(Backup.vm_name == "vm1")))
+        mine = [r for r in rows if r.policy_id == policy_id]
+        assert sorted(r.id for r in rows if r.policy_id is None) == sorted(hand)
+        assert len(mine) == 1 and mine[0].backup_type is not None  # keep-last 1 of its own
+        assert {r.chain_id for r in mine} != {point(bsettings, hand[0]).chain_id}
+
+    # Adopting the hand-made points: the preview shows they would go, and is recorded.
+    with session_scope(bsettings.DATABASE_URL) as s:
+        _, changed = policies.update(bsettings, s, "daily", {"adopt_existing": True})
+        history = s.get(BackupPolicy, policy_id).history
+    assert changed["destructive"] and changed["adopt_existing"]
+    assert sorted(p["id"] for p in changed["remove"]) == sorted(hand)
+    assert {p["rule"] for p in changed["remove"]} == {"unselected"}  # keep-last 1 took the newest
+    assert changed["keep"][0]["rule"] == "keep-last"
+    assert [h["event"] for h in history] == ["created", "changed"]
+    assert history[1]["preview"]["remove"] == changed["remove"]

@@ -38,7 +38,7 @@ def api(srv: ServerProcess) -> Iterator[httpx.Client]:
 
 
 def cli(
-    srv: ServerProcess, api: httpx.Client, tmp: Path, *args: str
+    srv: ServerProcess, api: httpx.Client, tmp: Path, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
@@ -47,7 +47,9 @@ def cli(
         "XDG_CONFIG_HOME": str(tmp),
         "COLUMNS": "200",
     }
-    return subprocess.run([BIN, *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [BIN, *args], env=env, capture_output=True, text=True, timeout=120, input=stdin
+    )
 
 
 def points(api: httpx.Client, vm: str) -> list[dict[str, Any]]:
@@ -87,7 +89,7 @@ def test_cli_flow(srv: ServerProcess, api: httpx.Client, tmp_path: Path) -> None
     assert verified.returncode == 0 and "no problems" in verified.stdout, verified.stderr
     dest = srv.data_dir / "restores" / "restored.raw"  # the default restore root
     outside = cli(srv, api, tmp_path, "backup", "restore", first["id"], "--to", str(tmp_path / "x"))
-    assert outside.returncode != 0 and "DISKVAULT_BACKUP_RESTORE_ROOTS" in outside.stderr
+    assert outside.returncode == 9 and "DISKVAULT_BACKUP_RESTORE_ROOTS" in outside.stderr
     restored = cli(
         srv, api, tmp_path, "backup", "restore", first["id"], "--to", str(dest), "--format", "raw"
     )
@@ -193,3 +195,29 @@ def test_policy_run_applies_retention(
     kept = points(api, "pol")
     assert len(kept) == 2 and kept[0]["backup_type"] == "full"
     assert kept[1]["parent_backup_id"] == kept[0]["id"]
+
+
+def test_policy_cli_previews_and_asks_before_removing(
+    srv: ServerProcess, api: httpx.Client, tmp_path: Path
+) -> None:
+    """Issue 17: a policy's first run merged hand-made points with no preview or question."""
+    disk = create_disk(tmp_path / "h.qcow2", size=16 * MiB)
+    api.post("/api/v1/sources", json={"name": "hand", "kind": "qcow2", "path": str(disk)})
+    for n in range(2):
+        job = api.post("/api/v1/backup/start", json={"vm_name": "hand"}).json()
+        assert wait_for(api, job["id"], {"succeeded", "failed"})["status"] == "succeeded"
+        write_random(disk, "qcow2", 0.05, seed=n, size=16 * MiB)
+    add = ["backup", "policy", "add"]
+    own = cli(srv, api, tmp_path, *add, "mine", "--source", "hand", "--keep-last", "1")
+    assert own.returncode == 0, own.stderr
+    assert "remove 0" in own.stdout and "not made by this policy" in own.stdout
+    adopt = [*add, "adopter", "--source", "hand", "--keep-last", "1", "--adopt-existing"]
+    asked = cli(srv, api, tmp_path, *adopt, stdin="n\n")
+    assert asked.returncode == 1 and "remove 1" in asked.stdout, asked.stdout + asked.stderr
+    assert api.get("/api/v1/policies/adopter").status_code == 404
+    assert cli(srv, api, tmp_path, *adopt, "--yes").returncode == 0
+    history = api.get("/api/v1/policies/adopter/history").json()
+    assert len(history[0]["preview"]["remove"]) == 1
+    run = cli(srv, api, tmp_path, "backup", "policy", "run", "adopter", stdin="n\n")
+    assert run.returncode == 1 and "first run" in run.stdout, run.stdout + run.stderr
+    assert len(points(api, "hand")) == 2

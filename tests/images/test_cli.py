@@ -56,6 +56,11 @@ def test_convert_local_with_the_same_inspection(tmp_path: Path) -> None:
     assert fast.returncode == 0, fast.stderr
     assert (tmp_path / "f.raw").read_bytes() == dst.read_bytes()
     (tmp_path / "f.raw").unlink()
+    # issue 17: a DST path implies --local (the URL above has no server)
+    implied = run("convert", str(src), "implied.raw", "--to", "raw", cwd=tmp_path)
+    assert implied.returncode == 0, implied.stderr
+    assert (tmp_path / "implied.raw").read_bytes() == dst.read_bytes()
+    (tmp_path / "implied.raw").unlink()
 
     evil = tmp_path / "evil.qcow2"
     qemu_img.create(evil, "qcow2", None, backing="/etc/passwd", backing_fmt="raw")

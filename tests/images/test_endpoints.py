@@ -188,6 +188,7 @@ def test_convert_and_resize(api: TestClient, settings: Settings, ready: dict[str
     assert_problem(api.post(f"{url}/convert", json={"target_format": "raw"}), 409)
     image = processed(api, settings, api.post(f"{url}/convert", json={"target_format": "qcow2"}))
     assert image["format"] == "qcow2" and image["digest"] != ready["digest"]
+    assert image["target_format"] == "qcow2"  # issue 17: show reports the real format
     assert image["virtual_size"] == SIZE and image["status"] == "READY"
     # grow, then shrink back (the data fits), then a shrink that would cut data
     grown = processed(api, settings, api.post(f"{url}/resize", json={"size": 2 * SIZE}))
@@ -200,6 +201,7 @@ def test_convert_and_resize(api: TestClient, settings: Settings, ready: dict[str
     assert_problem(api.post(f"{url}/resize", json={"size": 1000}), 422)  # not a 512 multiple
     raw = processed(api, settings, api.post(f"{url}/convert", json={"target_format": "raw"}))
     assert raw["digest"] == ready["digest"]  # the same bytes as before the round trip
+    assert raw["target_format"] == "raw"
 
 
 def test_delete_refused_while_in_use(

@@ -166,3 +166,36 @@ def test_dedupe_refuses_files_that_are_no_longer_identical(
     summary = apply_actions([action], _env(migrated, f"op-{strategy}", root), operation_id="x")
     assert summary["skipped"] == 1
     assert (root / "copy").read_bytes() == b"same bytes"
+
+
+def test_rollback_removes_the_folders_the_apply_created(migrated: Settings, tmp_path: Path) -> None:
+    """Issue 17: after a rollback, empty Games/2024/ and the trash folder stayed behind."""
+    root = tmp_path / "share"
+    put(root / "a.img", os.urandom(1000))
+    put(root / "junk.bin", os.urandom(1000))
+    put(root / "kept" / "old.txt", b"there before")
+    (root / "empty-before").mkdir()
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    actions = [
+        _action(root, "move", "a.img", "Games/2024/a.img"),
+        _action(root, "copy", "kept/old.txt", "empty-before/old.txt"),
+        _action(root, "trash", "junk.bin", ".diskvault-trash/op/junk.bin"),
+    ]
+    summary = apply_actions(actions, _env(migrated, "op-dirs", root), operation_id="op")
+    assert summary["done"] == 3 and (root / "Games" / "2024" / "a.img").exists()
+    result = _rollback(migrated, "op-dirs")
+    assert result["restored"] == 3 and result["folders_removed"] == 4
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # dirs too
+
+
+def test_rollback_keeps_a_created_folder_that_is_no_longer_empty(
+    migrated: Settings, tmp_path: Path
+) -> None:
+    root = tmp_path / "share"
+    put(root / "a.img", os.urandom(1000))
+    actions = [_action(root, "move", "a.img", "Games/a.img")]
+    apply_actions(actions, _env(migrated, "op-busy", root), operation_id="op")
+    put(root / "Games" / "mine.txt", b"added by a user after the apply")
+    assert _rollback(migrated, "op-busy")["folders_removed"] == 0
+    assert (root / "Games" / "mine.txt").read_bytes() == b"added by a user after the apply"
+    assert (root / "a.img").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,9 @@ def test_points_1_and_n_each_show_their_version_and_nothing_is_written(
         assert set(parts[1]) >= {"index", "fstype", "size", "label", "mounted", "reason"}
         assert parts[1]["size"] == world.gpt.parts["ext4"].size
         assert [i for i, p in parts.items() if p["mounted"]] == [1, 2, 3, 4, 5]
+        for index, known in KNOWN.items():  # the spec's server-side mount_path, read-only
+            where = Path(parts[index]["mount_path"])
+            assert (where / known).is_file() and os.statvfs(where).f_flag & os.ST_RDONLY
     (one, n) = (b["mount_id"] for b in bodies)
     assert fetch(api, one, "/var/www/index.php").text == index_php(1)
     assert fetch(api, n, "/var/www/index.php").text == index_php(3)

@@ -332,14 +332,26 @@ def merge_full_forward(settings: Settings, session: Session, points: list[Backup
     session.delete(full)
 
 
+def not_owned(points: Sequence[Backup], owner: str | None) -> str | None:
+    """Why a merge of the full ``points[0]`` is not ``owner``'s (a policy id) to make."""
+    if owner is None or points[0].policy_id == owner:
+        return None
+    return f"the oldest point {points[0].id} was not made by this policy (adopt_existing is false)"
+
+
 def consolidate(
-    settings: Settings, session: Session, chain: BackupChain, max_length: int
+    settings: Settings,
+    session: Session,
+    chain: BackupChain,
+    max_length: int,
+    owner: str | None = None,
 ) -> tuple[list[str], str | None]:
     """Merge the oldest points into the full until the chain has at most ``max_length``
-    points. Returns the removed ids and, if a merge was refused, why."""
+    points. Returns the removed ids and, if a merge was refused, why. With ``owner``
+    (a policy id) only that policy's points are merged away."""
     removed: list[str] = []
     while len(points := ordered(session, chain.id)) > max_length:
-        why = blocked(session, points[:3], points)
+        why = not_owned(points, owner) or blocked(session, points[:3], points)
         if why is not None:
             return removed, why
         removed.append(points[0].id)

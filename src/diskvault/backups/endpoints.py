@@ -11,13 +11,18 @@ from diskvault.api.responses import problems
 from diskvault.backups import errors, keys, policies, retention, service
 from diskvault.backups.errors import NotSupportedHere
 from diskvault.backups.models import BackupStatus, SourceKind
+from diskvault.backups.preview import owner_of
 from diskvault.backups.schemas import (
     BackupOut,
     BackupStart,
     ChainsOut,
     CopyRequest,
     PolicyCreate,
+    PolicyHistoryEntry,
     PolicyOut,
+    PolicyPreview,
+    PolicySaved,
+    PolicyUpdate,
     PruneRequest,
     RekeyRequest,
     RepositoryCreate,
@@ -194,12 +199,14 @@ def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
     repo = service.local_repository(settings, db, body.repository)
     rules = body.model_dump(include=set(retention.RULES))
     max_length = body.max_chain_length
+    owner = None
     if body.policy:
         policy = policies.get(db, body.policy)
         rules, max_length = dict(policy.retention), max_length or policy.max_chain_length
+        owner = owner_of(policy)
     if body.dry_run:
         disks = retention.simulate(
-            settings, db, repository_id=repo.id, vm=body.vm_name, rules=rules
+            settings, db, repository_id=repo.id, vm=body.vm_name, rules=rules, owner=owner
         )
         return {"dry_run": True, "disks": disks}
     params = {
@@ -207,6 +214,7 @@ def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
         "repository_id": repo.id,
         "rules": rules,
         "max_chain_length": max_length,
+        "owner": owner,
     }
     job = service.submit(settings, "backup-prune", params, who.username)
     return JSONResponse(JobOut.model_validate(job).model_dump(mode="json"), status_code=ACCEPTED)
@@ -255,9 +263,44 @@ def restore(
 # -- policies ------------------------------------------------------------------------
 
 
-@router.post("/policies", response_model=PolicyOut, status_code=201)
+def _saved(row: Any, shown: dict[str, Any]) -> dict[str, Any]:
+    return {**PolicyOut.model_validate(row).model_dump(), "preview": shown}
+
+
+@router.post("/policies", response_model=PolicySaved, status_code=201)
 def create_policy(body: PolicyCreate, _: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
-    return policies.create(settings, db, body.model_dump())
+    """Add a policy; ``preview`` says what its next run would keep, remove and merge."""
+    return _saved(*policies.create(settings, db, body.model_dump()))
+
+
+@router.post("/policies/preview", response_model=PolicyPreview, summary="Preview a new policy")
+def preview_new_policy(
+    body: PolicyCreate, _: PrincipalDep, db: DbDep, settings: SettingsDep
+) -> Any:
+    """What a policy made from this body would do on its next run; nothing is saved."""
+    return policies.preview(settings, db, body.model_dump())
+
+
+@router.patch("/policies/{ref}", response_model=PolicySaved, summary="Change a policy")
+def update_policy(
+    ref: str, body: PolicyUpdate, _: OperatorDep, db: DbDep, settings: SettingsDep
+) -> Any:
+    """Change the fields given; ``preview`` is the next run under the new rules."""
+    return _saved(*policies.update(settings, db, ref, body.model_dump(exclude_unset=True)))
+
+
+@router.post("/policies/{ref}/preview", response_model=PolicyPreview)
+def preview_policy(
+    ref: str, body: PolicyUpdate, _: PrincipalDep, db: DbDep, settings: SettingsDep
+) -> Any:
+    """The policy's next run, with the changes in the body applied (``{}``: as it is)."""
+    return policies.preview(settings, db, body.model_dump(exclude_unset=True), ref)
+
+
+@router.get("/policies/{ref}/history", response_model=list[PolicyHistoryEntry])
+def policy_history(ref: str, _: PrincipalDep, db: DbDep) -> Any:
+    """The previews shown when the policy was created and each time it changed."""
+    return policies.get(db, ref).history or []
 
 
 @router.get("/policies", response_model=Page[PolicyOut])

@@ -64,6 +64,7 @@ class RunRequest:
     max_chain_length: int | None = None
     immutability_days: float | None = None
     compression: str | None = None  # the policy's, else the repository's
+    merge_owner: str | None = None  # a policy id: merge away only the points it made
 
 
 def run(
@@ -158,7 +159,7 @@ def _want(
         return "incremental", None, False
     if max_length < 2:
         return "full", f"the maximum chain length is {max_length}", False
-    why = chains.blocked(s, points[:3], points)
+    why = chains.not_owned(points, req.merge_owner) or chains.blocked(s, points[:3], points)
     if why is None:
         return "incremental", None, True
     return (
@@ -403,5 +404,5 @@ def _consolidate(settings: Settings, req: RunRequest, backup_id: str) -> None:
         point = s.get(Backup, backup_id)
         chain = s.get(BackupChain, point.chain_id) if point and point.chain_id else None
         if chain is not None:
-            removed, why = chains.consolidate(settings, s, chain, max_length)
+            removed, why = chains.consolidate(settings, s, chain, max_length, req.merge_owner)
             log.info("chain consolidated", chain_id=chain.id, removed=removed, refused=why)

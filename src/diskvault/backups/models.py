@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    false,
     select,
 )
 from sqlalchemy.exc import IntegrityError
@@ -159,6 +160,10 @@ class BackupPolicy(IdMixin, TimestampMixin, Base):
     copy_repository_id: Mapped[str | None] = mapped_column(String(32), default=None)
     compression: Mapped[str | None] = mapped_column(String(16), default=None)  # else the repo's
     enabled: Mapped[bool] = mapped_column(default=True)
+    # False: retention and merges touch only the points this policy made.
+    adopt_existing: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Newest last: {at, event, preview}; the preview shown when it was created or changed.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     last_run_at: Mapped[datetime | None] = mapped_column(default=None)
     last_verify_at: Mapped[datetime | None] = mapped_column(default=None)
 

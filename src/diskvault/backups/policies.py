@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as chains
 from diskvault.backups import keys, service
+from diskvault.backups import preview as previews
 from diskvault.backups.errors import InvalidSchedule, PolicyExists, PolicyNotFound
 from diskvault.backups.models import (
     Backup,
@@ -46,29 +47,78 @@ def due(schedule: str | None, since: datetime, now: datetime) -> bool:
     return following <= now
 
 
-def create(settings: Settings, session: Session, body: dict[str, Any]) -> BackupPolicy:
-    for name in body["sources"]:
-        service.get_source(session, name)
-    repo = service.local_repository(settings, session, body.get("repository"))
-    keys.check_combination(repo.encryption, body.get("compression"))
-    copy_to = body.get("copy_to")
-    row = BackupPolicy(
-        name=body["name"],
-        sources=list(body["sources"]),
-        repository_id=repo.id,
-        schedule=check_cron(body.get("schedule")),
-        backup_type=body.get("backup_type", "auto"),
-        retention={k: body.get(k) for k in RULES if body.get(k) is not None},
-        max_chain_length=body.get("max_chain_length"),
-        immutability_days=float(body.get("immutability_days") or 0.0),
-        verify_schedule=check_cron(body.get("verify_schedule")),
-        copy_repository_id=service.get_repository(settings, session, copy_to).id
-        if copy_to
-        else None,
-        enabled=body.get("enabled", True),
-        compression=body.get("compression"),
-    )
-    return insert_named(session, row, PolicyExists)
+def build(
+    settings: Settings, session: Session, body: dict[str, Any], row: BackupPolicy | None = None
+) -> BackupPolicy:
+    """A new policy from ``body``, or ``row`` with the fields ``body`` gives changed;
+    neither is added to the session."""
+    row = row if row is not None else BackupPolicy(name=body["name"], history=[])
+    if "sources" in body or row.sources is None:
+        for name in body["sources"]:
+            service.get_source(session, name)
+        row.sources = list(body["sources"])
+    if "repository" in body or row.repository_id is None:
+        row.repository_id = service.local_repository(settings, session, body.get("repository")).id
+    if "compression" in body:
+        row.compression = body["compression"]
+    target = service.get_repository(settings, session, row.repository_id)
+    keys.check_combination(target.encryption, row.compression)
+    rules = dict(row.retention or {}) | {k: body[k] for k in RULES if k in body}
+    row.retention = {k: v for k, v in rules.items() if v is not None}
+    for key in ("schedule", "verify_schedule"):
+        if key in body or getattr(row, key, None) is None:
+            setattr(row, key, check_cron(body.get(key)))
+    simple = {
+        "backup_type": "auto",
+        "max_chain_length": None,
+        "enabled": True,
+        "adopt_existing": False,
+    }
+    for key, default in simple.items():
+        if key in body or getattr(row, key) is None:
+            setattr(row, key, body.get(key, default))
+    if "immutability_days" in body or row.immutability_days is None:
+        row.immutability_days = float(body.get("immutability_days") or 0.0)
+    if "copy_to" in body or row.id is None:
+        copy_to = body.get("copy_to")
+        repo = service.get_repository(settings, session, copy_to) if copy_to else None
+        row.copy_repository_id = repo.id if repo else None
+    return row
+
+
+def create(
+    settings: Settings, session: Session, body: dict[str, Any]
+) -> tuple[BackupPolicy, dict[str, Any]]:
+    """Add a policy; returns it with the preview of its next run (kept in its history)."""
+    row = insert_named(session, build(settings, session, body), PolicyExists)
+    shown = previews.preview(settings, session, row)
+    previews.record(row, "created", shown)
+    session.commit()
+    return row, shown
+
+
+def update(
+    settings: Settings, session: Session, ref: str, body: dict[str, Any]
+) -> tuple[BackupPolicy, dict[str, Any]]:
+    """Change the fields ``body`` gives; returns the policy and its new preview."""
+    row = build(settings, session, body, get(session, ref))
+    shown = previews.preview(settings, session, row)
+    previews.record(row, "changed", shown)
+    session.commit()
+    return row, shown
+
+
+def preview(
+    settings: Settings, session: Session, body: dict[str, Any], ref: str | None = None
+) -> dict[str, Any]:
+    """The preview of a policy as ``body`` would make or change it; nothing is saved."""
+    if ref is None:
+        return previews.preview(settings, session, build(settings, session, body))
+    try:
+        changed = build(settings, session, body, get(session, ref))
+        return previews.preview(settings, session, changed)
+    finally:
+        session.rollback()  # drop the changes ``build`` made to the stored row
 
 
 def get(session: Session, ref: str) -> BackupPolicy:

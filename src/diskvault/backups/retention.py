@@ -6,6 +6,9 @@ point of each new period (hour, day, ISO week...) until it has kept its count;
 a period already covered by an earlier rule is skipped, and a point an earlier
 rule passed over stays removed. Immutable or in-use points are protected. With
 no rule set, everything is kept. Periods are in UTC.
+
+A policy's rules apply only to the points that policy made (``owner``) unless the
+policy has ``adopt_existing``: hand-made points and other policies' are kept.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Decision:
     reason: str
     backup_type: str | None = None
     chain_id: str | None = None
+    rule: str = ""  # what decided: keep-daily, protected, not-owned, no-rules...
 
     def out(self) -> dict[str, Any]:
         data = asdict(self)
@@ -55,6 +59,10 @@ class Candidate:
     protected: str | None = None
     backup_type: str | None = None
     chain_id: str | None = None
+    policy_id: str | None = None
+
+
+NOT_OWNED = "not made by this policy (set adopt_existing to manage it): kept"
 
 
 def select_points(points: Sequence[Candidate], rules: dict[str, int | None]) -> list[Decision]:
@@ -97,8 +105,28 @@ def select_points(points: Sequence[Candidate], rules: dict[str, int | None]) -> 
         if p.protected and not marks.get(p.id, (False, ""))[0]:
             marks[p.id] = (True, f"protected: {p.protected}")
         keep, reason = marks.get(p.id, (False, "not selected by any rule"))
-        out.append(Decision(p.id, p.created_at, keep, reason, p.backup_type, p.chain_id))
+        out.append(
+            Decision(p.id, p.created_at, keep, reason, p.backup_type, p.chain_id, _rule(reason))
+        )
     return out
+
+
+def _rule(reason: str) -> str:
+    head = reason.split(":", 1)[0].split(" ", 1)[0]
+    return {"no": "no-rules", "not": "unselected"}.get(head, head)
+
+
+def decide(
+    points: Sequence[Candidate], rules: dict[str, int | None], owner: str | None
+) -> list[Decision]:
+    """:func:`select_points` over the points ``owner`` made (all when None); the rest are kept."""
+    own = [p for p in points if owner is None or p.policy_id == owner]
+    foreign = [
+        Decision(p.id, p.created_at, True, NOT_OWNED, p.backup_type, p.chain_id, "not-owned")
+        for p in points
+        if owner is not None and p.policy_id != owner
+    ]
+    return sorted(select_points(own, rules) + foreign, key=lambda d: d.created_at, reverse=True)
 
 
 def candidates(session: Session, repository_id: str, vm: str, disk: int) -> list[Candidate]:
@@ -119,7 +147,9 @@ def candidates(session: Session, repository_id: str, vm: str, disk: int) -> list
         elif reason := chains.busy_reason(session, row.id):
             protected = f"in use: {reason}"
         backup_type = row.backup_type.value if row.backup_type else None
-        out.append(Candidate(row.id, row.created_at, protected, backup_type, row.chain_id))
+        out.append(
+            Candidate(row.id, row.created_at, protected, backup_type, row.chain_id, row.policy_id)
+        )
     return out
 
 
@@ -133,9 +163,11 @@ def prune(
     rules: dict[str, int | None],
     max_chain_length: int | None = None,
     dry_run: bool = True,
+    owner: str | None = None,
 ) -> dict[str, Any]:
-    """Decide (and unless ``dry_run``, apply) what to keep; the caller holds the disk lock."""
-    decisions = select_points(candidates(session, repository_id, vm, disk), rules)
+    """Decide (and unless ``dry_run``, apply) what to keep; the caller holds the disk lock.
+    With ``owner`` (a policy id) only that policy's points may go."""
+    decisions = decide(candidates(session, repository_id, vm, disk), rules, owner)
     result: dict[str, Any] = {"vm_name": vm, "disk": disk, "dry_run": dry_run, "refused": []}
     if not dry_run:
         doomed = sorted((d for d in decisions if not d.keep), key=lambda d: d.created_at)
@@ -151,7 +183,7 @@ def prune(
                 result["refused"].append({"id": decision.id, "reason": exc.message})
         if max_chain_length:
             result["consolidation"] = _consolidate(
-                settings, session, repository_id, vm, disk, max_chain_length
+                settings, session, repository_id, vm, disk, max_chain_length, owner
             )
     result["keep"] = [d.out() for d in decisions if d.keep]
     result["remove"] = [d.out() for d in decisions if not d.keep]
@@ -171,19 +203,31 @@ def _whole_chains_first(session: Session, doomed: list[Decision]) -> list[Decisi
 
 
 def _consolidate(
-    settings: Settings, session: Session, repository_id: str, vm: str, disk: int, max_length: int
+    settings: Settings,
+    session: Session,
+    repository_id: str,
+    vm: str,
+    disk: int,
+    max_length: int,
+    owner: str | None,
 ) -> dict[str, Any]:
     chain: BackupChain | None = chains.active_chain(session, repository_id, vm, disk)
     if chain is None:
         return {"merged": [], "refused": None}
-    merged, refused = chains.consolidate(settings, session, chain, max_length)
+    merged, refused = chains.consolidate(settings, session, chain, max_length, owner)
     if refused:
         refused += "; the next backup starts a new chain with a full"
     return {"merged": merged, "refused": refused}
 
 
 def simulate(
-    settings: Settings, session: Session, *, repository_id: str, vm: str, rules: dict[str, Any]
+    settings: Settings,
+    session: Session,
+    *,
+    repository_id: str,
+    vm: str,
+    rules: dict[str, Any],
+    owner: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every disk's keep/remove decisions for ``rules``, without changing anything."""
     stmt = select(Backup.disk_index).where(
@@ -191,6 +235,8 @@ def simulate(
     )
     disks = sorted(set(session.scalars(stmt.distinct())))
     return [
-        prune(settings, session, repository_id=repository_id, vm=vm, disk=d, rules=rules)
+        prune(
+            settings, session, repository_id=repository_id, vm=vm, disk=d, rules=rules, owner=owner
+        )
         for d in disks
     ]

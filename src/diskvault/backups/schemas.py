@@ -270,7 +270,14 @@ class RestoreRequest(RequestModel):
     image_name: Text | None = Field(default=None, description="image (required): library name")
 
 
+ADOPT = (
+    "false (the default): retention and merges touch only the points this policy made; "
+    "true: also hand-made points and other policies' points of its sources"
+)
+
+
 class PolicyCreate(Retention):
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME)
     sources: list[Text] = Field(min_length=1, max_length=1000)
     repository: Text | None = None
@@ -282,6 +289,62 @@ class PolicyCreate(Retention):
     copy_to: Text | None = Field(default=None, description="repository for a second copy")
     enabled: StrictBool = True
     compression: Compression | None = Field(default=None, description="else the repository's")
+    adopt_existing: StrictBool = Field(default=False, description=ADOPT)
+
+
+class PolicyUpdate(Retention):
+    """Only the fields given change; a keep_* rule set to null is dropped."""
+
+    sources: list[Text] | None = Field(default=None, min_length=1, max_length=1000)
+    repository: Text | None = None
+    schedule: Text | None = None
+    backup_type: Literal["full", "incremental", "auto"] | None = None
+    max_chain_length: PositiveInt | None = None
+    immutability_days: Days | None = None
+    verify_schedule: Text | None = None
+    copy_to: Text | None = None
+    enabled: StrictBool | None = None
+    compression: Compression | None = None
+    adopt_existing: StrictBool | None = Field(default=None, description=ADOPT)
+
+
+class PreviewPoint(BaseModel):
+    id: str
+    vm_name: str
+    disk: int
+    created_at: datetime
+    keep: bool
+    rule: str = Field(description="keep-last..keep-yearly, protected, not-owned, no-rules...")
+    reason: str
+    backup_type: str | None
+    chain_id: str | None
+
+
+class PreviewMerge(BaseModel):
+    id: str = Field(description="the point folded away")
+    into: str = Field(description="the point that becomes the chain's full")
+    vm_name: str
+    disk: int
+    rule: str
+    reason: str
+
+
+class PolicyPreview(BaseModel):
+    """What the policy's next run would keep, remove and merge, and which rule decided."""
+
+    at: datetime
+    adopt_existing: bool
+    keep: list[PreviewPoint]
+    remove: list[PreviewPoint]
+    merge: list[PreviewMerge]
+    destructive: bool = Field(description="true when anything would be removed or merged")
+    note: str
+
+
+class PolicyHistoryEntry(BaseModel):
+    at: datetime
+    event: str = Field(description="created | changed")
+    preview: PolicyPreview
 
 
 class PolicyOut(BaseModel):
@@ -299,6 +362,11 @@ class PolicyOut(BaseModel):
     copy_repository_id: str | None
     enabled: bool
     compression: str | None
+    adopt_existing: bool
     last_run_at: datetime | None
     last_verify_at: datetime | None
     created_at: datetime
+
+
+class PolicySaved(PolicyOut):
+    preview: PolicyPreview

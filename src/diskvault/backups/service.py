@@ -51,6 +51,8 @@ from diskvault.storage import provider_from_url, redact_url
 __all__ = ["RestorePoint", "register_busy_check", "restore_point"]
 
 DEFAULT_REPOSITORY = "default"
+# The backup spec calls the default repository "local"; a repository really named so wins.
+DEFAULT_ALIASES = ("local",)
 
 
 # -- for other domains ----------------------------------------------------------
@@ -167,9 +169,13 @@ def create_repository(
 
 
 def get_repository(settings: Settings, session: Session, ref: str | None) -> BackupRepository:
-    """By name or id; ``None`` is the default repository (BACKUP_REPOSITORY_PATH)."""
+    """By name or id; ``None`` (or ``local``, the spec's name) is the default repository
+    (BACKUP_REPOSITORY_PATH)."""
     name = ref or DEFAULT_REPOSITORY
     row = by_name_or_id(session, BackupRepository, name)
+    if row is None and name in DEFAULT_ALIASES:
+        name = DEFAULT_REPOSITORY
+        row = by_name_or_id(session, BackupRepository, name)
     if row is None and name == DEFAULT_REPOSITORY:
         return create_repository(
             settings,

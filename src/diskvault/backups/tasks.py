@@ -90,6 +90,7 @@ def backup_run(ctx: JobContext) -> dict[str, Any]:
         max_chain_length=policy.max_chain_length if policy else None,
         immutability_days=(policy.immutability_days or None) if policy else None,
         compression=policy.compression if policy else None,
+        merge_owner=_owner(policy),
     )
     ids = engine.run(
         ctx.settings,
@@ -100,11 +101,21 @@ def backup_run(ctx: JobContext) -> dict[str, Any]:
     result: dict[str, Any] = {"backup_ids": ids}
     if policy is not None:
         result["prune"] = _prune(
-            ctx, p["repository_id"], p["vm_name"], policy.retention, policy.max_chain_length
+            ctx,
+            p["repository_id"],
+            p["vm_name"],
+            policy.retention,
+            policy.max_chain_length,
+            _owner(policy),
         )
         if policy.copy_repository_id:
             result["copy"] = _copy(ctx, p["repository_id"], policy.copy_repository_id, p["vm_name"])
     return result
+
+
+def _owner(policy: BackupPolicy | None) -> str | None:
+    """The policy whose points alone its retention and merges may touch (None: all)."""
+    return policy.id if policy is not None and not policy.adopt_existing else None
 
 
 def _point_disk(settings: Settings, backup_id: str) -> tuple[str, int]:
@@ -207,6 +218,7 @@ def _prune(
     vm: str,
     rules: dict[str, Any],
     max_chain_length: int | None,
+    owner: str | None = None,
 ) -> list[dict[str, Any]]:
     out = []
     for disk in _disks(ctx.settings, repository_id, vm):
@@ -221,6 +233,7 @@ def _prune(
                     rules=rules,
                     max_chain_length=max_chain_length,
                     dry_run=False,
+                    owner=owner,
                 )
             )
     return out
@@ -229,7 +242,14 @@ def _prune(
 @job_kind("backup-prune")
 def backup_prune(ctx: JobContext) -> dict[str, Any]:
     p = ctx.params
-    results = _prune(ctx, p["repository_id"], p["vm_name"], p["rules"], p.get("max_chain_length"))
+    results = _prune(
+        ctx,
+        p["repository_id"],
+        p["vm_name"],
+        p["rules"],
+        p.get("max_chain_length"),
+        p.get("owner"),
+    )
     return {"disks": results}
 
 

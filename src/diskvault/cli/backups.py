@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.tree import Tree
 
+from diskvault.cli import policy_preview as _policies
 from diskvault.cli import restore as _restore_cli
-from diskvault.cli.client import Client
+from diskvault.cli.client import Client, server_path
 from diskvault.cli.common import console, human_bytes, print_table
 from diskvault.cli.progress import watch
 
@@ -111,6 +111,8 @@ def chain(vm: str = typer.Option(..., "--vm"), repo: str = typer.Option(None, "-
         label = f"{vm} disk {c['disk_index']} chain {c['chain_id'][:8]} ({size})"
         if c["broken_reason"]:
             label += f" [red]damaged: {c['broken_reason']}[/]"
+        from rich.tree import Tree
+
         node = tree = Tree(label)
         for p in c["points"]:
             flags = []
@@ -145,7 +147,9 @@ def verify(
 @app.command()
 def restore(
     backup_id: str = typer.Argument(..., help="restore point id"),
-    to: str = typer.Option(None, "--to", help="new file path on the server"),
+    to: str = typer.Option(
+        None, "--to", help="new file on the server (relative: from here, if it runs here)"
+    ),
     fmt: str = typer.Option("qcow2", "--format", help="qcow2 | raw | vmdk | vdi | vhdx | vpc"),
     nbd: str = typer.Option(None, "--nbd", help="restore onto this NBD URL instead"),
     image: str = typer.Option(None, "--image", help="restore into the image library as NAME"),
@@ -162,7 +166,8 @@ def restore(
     elif image:
         body = {"target": "image", "image_name": image}
     else:
-        body = {"target": "file", "path": to, "format": fmt}
+        path = server_path(client.url, to, "--to") if to else None
+        body = {"target": "file", "path": path, "format": fmt}
     final = _job(client, client.post(f"/api/v1/backup/{bid}/restore", json=body), wait)
     if wait:
         result = final.get("result") or {}
@@ -365,8 +370,13 @@ def policy_add(
     immutable_days: float = typer.Option(0.0, "--immutable-days"),
     verify_schedule: str = typer.Option(None, "--verify-schedule"),
     copy_to: str = typer.Option(None, "--copy-to"),
+    adopt_existing: bool = typer.Option(
+        False, "--adopt-existing", help="also prune and merge points it did not make"
+    ),
+    yes: bool = _policies.YES,
 ) -> None:
     """Add a policy: schedule, retention, chain length, immutability, verify, copy.
+    Shows what its first run would keep, remove and merge, and asks if it removes any.
 
     Example: diskvault backup policy add nightly --source web1 --schedule '0 2 * * *' --keep-daily 7
     """
@@ -384,8 +394,13 @@ def policy_add(
         "immutability_days": immutable_days,
         "verify_schedule": verify_schedule,
         "copy_to": copy_to,
+        "adopt_existing": adopt_existing,
     }
-    policy = Client().post("/api/v1/policies", json=body)
+    client = Client()
+    preview = client.post("/api/v1/policies/preview", json=body)
+    _policies.show(preview)
+    _policies.confirm(preview, yes, "Its first run removes or merges restore points. Add it?")
+    policy = client.post("/api/v1/policies", json=body)
     console.print(f"policy {policy['name']} added: {policy['id']}")
 
 
@@ -413,12 +428,15 @@ def policy_list() -> None:
 
 
 @policy_app.command("run")
-def policy_run(name: str = typer.Argument(...)) -> None:
-    """Run a policy now (one backup job per source).
+def policy_run(name: str = typer.Argument(...), yes: bool = _policies.YES) -> None:
+    """Run a policy now (one backup job per source); asks first when its first run
+    would remove or merge points.
 
     Example: diskvault backup policy run nightly
     """
-    out = Client().post(f"/api/v1/policies/{name}/run")
+    client = Client()
+    _policies.before_first_run(client, name, yes)
+    out = client.post(f"/api/v1/policies/{name}/run")
     console.print(f"queued jobs: {', '.join(out['job_ids'])}")
 
 
@@ -466,3 +484,4 @@ def source_list() -> None:
 
 # File-level restore lives in its own domain; its verbs also belong under `backup`.
 _restore_cli.register(app)
+_policies.register(policy_app)

@@ -4,14 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from diskvault.errors import DiskvaultError
 
+if TYPE_CHECKING:
+    import httpx  # imported when a request is made: `diskvault --help` starts faster
+
 DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+# Exit codes of every command (listed in ``diskvault --help``); one per kind of failure.
+EXIT_CODES = {
+    0: "success",
+    1: "other error",
+    2: "bad input (400, 413, 416, 422)",
+    3: "not logged in, or the token was refused (401)",
+    4: "not found (404)",
+    5: "conflict: busy, exists, ambiguous (409)",
+    6: "server unreachable or unavailable (503)",
+    7: "not enough storage (507)",
+    8: "the job failed",
+    9: "forbidden: role or roots check (403)",
+    10: "a tool (qemu-img, tgtadm...) failed",
+    78: "configuration error",
+    130: "interrupted",
+}
+STATUS_EXIT = {400: 2, 401: 3, 403: 9, 404: 4, 409: 5, 413: 2, 416: 2, 422: 2, 503: 6, 507: 7}
 
 
 class ApiError(DiskvaultError):
@@ -22,7 +44,7 @@ class ApiError(DiskvaultError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.http_status = status
-        self.exit_code_value = {401: 3, 403: 3, 404: 4, 409: 5, 422: 2, 400: 2}.get(status, 1)
+        self.exit_code_value = STATUS_EXIT.get(status, 1)
 
 
 class NotLoggedIn(DiskvaultError):
@@ -62,6 +84,25 @@ def save_config(data: dict[str, Any]) -> Path:
     return path
 
 
+class ServerPathUnseen(DiskvaultError):
+    template = (
+        "{option} {path} is relative, and the server at {url} runs on another host where "
+        "it means nothing: give the absolute path on the server"
+    )
+    exit_code = 2
+
+
+def server_path(url: str, path: str, option: str) -> str:
+    """A path the server will open: relative ones are made absolute here when the server
+    is on this host (a loopback URL); for a remote server they are refused."""
+    if os.path.isabs(path):
+        return path
+    host = urlsplit(url).hostname or ""
+    if host in ("localhost", "::1") or host.startswith("127."):
+        return os.path.abspath(path)
+    raise ServerPathUnseen(option=option, path=path, url=url)
+
+
 def server_url(explicit: str | None = None) -> str:
     return (
         explicit or os.environ.get("DISKVAULT_URL") or load_config().get("url") or DEFAULT_URL
@@ -73,6 +114,8 @@ class Client:
         self.url = server_url(url)
         cfg = load_config()
         self.token = token or os.environ.get("DISKVAULT_TOKEN") or cfg.get("token")
+        import httpx
+
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
 
     def _headers(self, auth: bool) -> dict[str, str]:
@@ -83,6 +126,8 @@ class Client:
         return {"Authorization": f"Bearer {self.token}"}
 
     def request(self, method: str, path: str, *, auth: bool = True, **kw: Any) -> Any:
+        import httpx
+
         headers = {**self._headers(auth), **kw.pop("headers", {})}
         try:
             resp = self.http.request(method, path, headers=headers, **kw)
@@ -112,4 +157,35 @@ def api_error(resp: httpx.Response) -> ApiError:
         detail = body.get("detail") or body.get("title") or resp.reason_phrase
     except ValueError:
         detail = resp.text[:200] or resp.reason_phrase
+    detail = cli_hints(str(detail), resp.status_code, resp.request.url.path)
     return ApiError(resp.status_code, f"{resp.status_code}: {detail}")
+
+
+# The command a CLI user runs to find ids, per API collection.
+LIST_COMMANDS = {
+    "images": "diskvault image list",
+    "operations": "diskvault organize list",
+    "jobs": "diskvault jobs list",
+    "targets": "diskvault target list",
+    "machines": "diskvault machine list",
+    "restore": "diskvault restore list",
+    "backup": "diskvault backup list --vm NAME",
+    "sources": "diskvault source list",
+    "repositories": "diskvault backup repo list",
+    "policies": "diskvault backup policy list",
+}
+_REST_LIST = re.compile(r"GET /api/v1/([a-z-]+)\b(?![/?])")
+_REST_ROLLBACK = re.compile(r"POST /api/v1/operations/(\S+)/rollback")
+
+
+def cli_hints(detail: str, status: int, path: str) -> str:
+    """Messages name CLI commands, not REST paths; a 404 says how to list what is there."""
+    detail = _REST_ROLLBACK.sub(r"'diskvault organize rollback \1'", detail)
+    detail = _REST_LIST.sub(
+        lambda m: f"'{LIST_COMMANDS[m[1]]}'" if m[1] in LIST_COMMANDS else m[0], detail
+    )
+    parts = path.split("/")
+    kind = parts[3] if len(parts) > 3 and path.startswith("/api/v1/") else ""
+    if status == 404 and "diskvault " not in detail and kind in LIST_COMMANDS:
+        detail += f"; list them with '{LIST_COMMANDS[kind]}'"
+    return detail

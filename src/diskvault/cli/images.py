@@ -11,24 +11,18 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from diskvault.cli.client import Client, Unreachable, api_error
-from diskvault.cli.common import console, human_bytes, print_table
+from diskvault.cli.client import Client, Unreachable, api_error, server_path
+from diskvault.cli.common import console, human_bytes, print_table, real
 from diskvault.cli.progress import watch
+from diskvault.cli.sparse import SparseWriter
 from diskvault.errors import BadRequest
+
+if TYPE_CHECKING:  # rich and httpx load when a command needs them: a faster start
+    from rich.progress import Progress
 
 NAME = "image"
 app = typer.Typer(help="Disk images. Example: diskvault image upload win11.vhdx --wait")
@@ -39,6 +33,16 @@ _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def _bar() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -46,7 +50,7 @@ def _bar() -> Progress:
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=real(console),
     )
 
 
@@ -74,7 +78,7 @@ def _show(image: dict[str, Any]) -> None:
         ("type", image["image_type"]),
         ("status", image["status"]),
         ("format", image["format"]),
-        ("target format", image["target_format"] or "(default)"),
+        ("target format", image["target_format"] or "(the server's default)"),
         ("virtual size", human_bytes(image["virtual_size"])),
         ("actual size", human_bytes(image["actual_size"])),
         ("sha256", image["sha256"]),
@@ -137,7 +141,7 @@ def upload(
         params=params,
         content=tracked(),
         headers={"Content-Type": sparse.CONTENT_TYPE, admission.EXTENTS_HEADER: digest},
-        timeout=httpx.Timeout(300.0),
+        timeout=300.0,
     )
     console.print(f"uploaded {file.name}: image {image['id']} ({image['status']})")
     _finish(client, image, wait)
@@ -160,7 +164,7 @@ def import_(
     if source.startswith(("http://", "https://")):
         body["url"] = source
     else:
-        body["path"] = os.path.abspath(source)
+        body["path"] = server_path(client.url, source, "SOURCE")
     image = client.post("/api/v1/images/import", json=body)
     console.print(f"importing {source}: image {image['id']} ({image['status']})")
     _finish(client, image, wait)
@@ -192,7 +196,7 @@ def list_(
             i["status"],
             i["format"] or "",
             human_bytes(i["virtual_size"]),
-            (i["error"] or "")[:60],
+            i["error"] or "",  # the inspector's reason for a refused image, in full
         )
         for i in page["items"]
     ]
@@ -257,7 +261,7 @@ def info(
 @app.command()
 def convert(
     source: str = typer.Argument(..., help="image id, or with --local a source file"),
-    dest: Path = typer.Argument(None, help="with --local: the output file"),
+    dest: Path = typer.Argument(None, help="a local output file (implies --local)"),
     to: str = typer.Option(..., "--to", help="raw|qcow2|vmdk|vhdx"),
     local: bool = typer.Option(False, "--local", help="convert local files; no server needed"),
     compress: bool = typer.Option(False, "--compress", help="qcow2: compressed clusters"),
@@ -266,14 +270,14 @@ def convert(
         True, "--sync/--no-sync", help="with --local: flush DST to disk before naming it"
     ),
 ) -> None:
-    """Convert an image, on the server (by id) or locally (SRC DST --local) with a progress bar.
+    """Convert an image, on the server (by id) or locally (SRC DST) with a progress bar.
 
-    --no-sync skips the final flush, as qemu-img and cp do: faster, but after a
-    power cut DST may lack data.
+    Giving DST means a local conversion (--local is implied). --no-sync skips the
+    final flush, as qemu-img and cp do: faster, but after a power cut DST may lack data.
 
-    Example: diskvault image convert disk.vhdx disk.raw --to raw --local
+    Example: diskvault image convert disk.vhdx disk.raw --to raw
     """
-    if not local:
+    if not local and dest is None:
         client = Client()
         body = {"target_format": to, "compress": compress}
         image = client.post(f"/api/v1/images/{_resolve(client, source)}/convert", json=body)
@@ -327,6 +331,8 @@ def download(
 
     Example: diskvault image download 3f2a9c -o win11.raw
     """
+    import httpx
+
     client = Client(timeout=300)
     path = f"/api/v1/images/{_resolve(client, image_id)}/download"
     partial = output.with_name(output.name + ".partial")
@@ -340,11 +346,14 @@ def download(
             if resp.status_code != 206:
                 have = 0
             total = have + int(resp.headers.get("content-length", 0))
-            with open(partial, "ab" if have else "wb") as fh, _bar() as bar:
+            with open(partial, "r+b" if have else "wb") as fh, _bar() as bar:
+                fh.seek(have)
+                sparse = SparseWriter(fh)
                 task = bar.add_task(f"download {output.name}", total=total, completed=have)
                 for chunk in resp.iter_raw(CHUNK):
-                    fh.write(chunk)
+                    sparse.write(chunk)
                     bar.advance(task, len(chunk))
+                sparse.close()
                 fh.flush()
                 os.fsync(fh.fileno())
     except httpx.TransportError as exc:
@@ -354,15 +363,33 @@ def download(
 
 
 @app.command("rm")
-def remove(image_id: str = typer.Argument(..., help="image id (a unique prefix works)")) -> None:
-    """Delete an image (refused while a target, machine or backup uses it).
+def remove(
+    image_id: str = typer.Argument(None, help="image id (a unique prefix works)"),
+    status: str = typer.Option(
+        None, "--status", help="instead: delete every image in this status (e.g. error)"
+    ),
+) -> None:
+    """Delete an image, or every image in one status (refused while a target, machine or
+    backup uses it).
 
-    Example: diskvault image rm 3f2a9c
+    Example: diskvault image rm --status error
     """
     client = Client()
-    resolved = _resolve(client, image_id)
-    client.delete(f"/api/v1/images/{resolved}")
-    console.print(f"image {resolved} deleted")
+    if (image_id is None) == (status is None):
+        raise typer.BadParameter("give an IMAGE_ID or --status, not both")
+    if image_id is not None:
+        resolved = _resolve(client, image_id)
+        client.delete(f"/api/v1/images/{resolved}")
+        console.print(f"image {resolved} deleted")
+        return
+    deleted = 0
+    while items := client.get("/api/v1/images", params={"status": status.upper()})["items"]:
+        for image in items:
+            client.delete(f"/api/v1/images/{image['id']}")
+            deleted += 1
+            reason = f": {image['error']}" if image["error"] else ""
+            console.print(f"image {image['id']} ({image['name']}) deleted{reason}", highlight=False)
+    console.print(f"{deleted} {status.upper()} image(s) deleted")
 
 
 # -- versions (diskless boot) -------------------------------------------------

@@ -7,8 +7,8 @@ import traceback
 
 import typer
 
-from diskvault.cli import serve, session, worker
-from diskvault.cli.client import ApiError
+from diskvault.cli import config, serve, session, worker
+from diskvault.cli.client import EXIT_CODES, ApiError
 from diskvault.cli.common import err_console
 from diskvault.domains import cli_modules
 from diskvault.errors import DiskvaultError
@@ -16,7 +16,8 @@ from diskvault.errors import DiskvaultError
 app = typer.Typer(
     name="diskvault",
     help="diskvault: disk-image library, diskless iSCSI boot, QCOW2 backups, organizer.\n\n"
-    "Example: diskvault serve",
+    "Example: diskvault serve\n\n"
+    "Exit codes: " + "; ".join(f"{code} {what}" for code, what in EXIT_CODES.items()) + ".",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -38,6 +39,7 @@ app.command()(session.logout)
 app.command()(session.status)
 app.command()(session.version)
 app.command()(worker.worker)
+app.add_typer(config.app, name="config")
 for _name, _module in cli_modules():
     app.add_typer(_module.app, name=getattr(_module, "NAME", _name))
     for _extra_name, _extra in getattr(_module, "EXTRA_GROUPS", {}).items():

@@ -5,20 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
-
 from diskvault.cli.client import Client
-from diskvault.cli.common import console
+from diskvault.cli.common import console, real
 from diskvault.errors import DiskvaultError
 
 
@@ -32,8 +20,33 @@ def _ws_url(client: Client, job_id: str) -> str:
     return f"{base}/ws/jobs/{job_id}"
 
 
+def bar_position(msg: dict[str, Any]) -> tuple[float, float]:
+    """(total, completed) for one job message; a succeeded job fills the bar, because its
+    last progress report may predate the final flush or checksum."""
+    total = msg.get("bytes_total")
+    if not total:
+        total, done = 100, msg.get("percent") or 0
+    else:
+        done = msg.get("bytes_done") or 0
+    if msg.get("status") == "succeeded":
+        done = total
+    return total, done
+
+
 def watch(client: Client, job_id: str, *, quiet: bool = False) -> dict[str, Any]:
     """Show a progress bar until the job ends; raise JobFailed unless it succeeded."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
     final: dict[str, Any] | None = None
     columns = [
         TextColumn("[bold]{task.description}"),
@@ -44,7 +57,7 @@ def watch(client: Client, job_id: str, *, quiet: bool = False) -> dict[str, Any]
         TimeRemainingColumn(),
         TextColumn("{task.fields[message]}"),
     ]
-    with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
+    with Progress(*columns, console=real(console), disable=quiet, transient=False) as bar:
         task = bar.add_task(job_id[:8], total=None, message="")
         try:
             with connect(_ws_url(client, job_id), open_timeout=15) as ws:
@@ -53,11 +66,8 @@ def watch(client: Client, job_id: str, *, quiet: bool = False) -> dict[str, Any]
                     msg = json.loads(raw)
                     if "status" not in msg:
                         raise JobFailed(id=job_id, status="unknown", error=msg.get("detail", msg))
-                    total = msg.get("bytes_total")
-                    if total:
-                        bar.update(task, total=total, completed=msg.get("bytes_done") or 0)
-                    else:
-                        bar.update(task, total=100, completed=msg.get("percent") or 0)
+                    total, done = bar_position(msg)
+                    bar.update(task, total=total, completed=done)
                     bar.update(
                         task,
                         description=f"{msg['kind']} {job_id[:8]}",

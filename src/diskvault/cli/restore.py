@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import httpx
 import typer
 
 from diskvault.cli.client import Client, Unreachable, api_error
 from diskvault.cli.common import console, human_bytes, print_table
+from diskvault.cli.sparse import SparseWriter
 
 NAME = "restore"
 app = typer.Typer(
@@ -38,11 +38,12 @@ def _print_mount(mount: dict[str, Any]) -> None:
             human_bytes(p["size"]),
             p["label"] or "",
             "yes" if p["mounted"] else "no",
-            p["reason"] or "",
+            p.get("mount_path") or p["reason"] or "",
         )
         for p in mount["partitions"]
     ]
-    print_table("partitions", ["#", "fstype", "size", "label", "mounted", "reason"], rows)
+    cols = ["#", "fstype", "size", "label", "mounted", "server path / reason"]
+    print_table("partitions", cols, rows)
 
 
 def mount(backup_id: str = typer.Option(..., "--backup-id", help="restore point id")) -> None:
@@ -103,6 +104,8 @@ def _mounted(client: Client, mount_id: str | None, backup_id: str | None) -> Ite
 
 def _save(client: Client, url: str, params: dict[str, Any], output: Path, name: str) -> Path:
     """Stream a download to ``output`` (a directory gets the server's name in it)."""
+    import httpx
+
     headers = client._headers(True)
     try:
         with client.http.stream("GET", url, params=params, headers=headers) as resp:
@@ -115,8 +118,10 @@ def _save(client: Client, url: str, params: dict[str, Any], output: Path, name: 
                 output = output / (name + suffix)
             partial = output.with_name(output.name + ".partial")
             with open(partial, "wb") as fh:
+                sparse = SparseWriter(fh)
                 for chunk in resp.iter_raw(CHUNK):
-                    fh.write(chunk)
+                    sparse.write(chunk)
+                sparse.close()
                 fh.flush()
                 os.fsync(fh.fileno())
     except httpx.TransportError as exc:

@@ -33,6 +33,10 @@ def serve(
         overrides["PORT"] = port
     settings = load_settings(**overrides)
     configure(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    from diskvault.preflight import warnings
+
+    for line in warnings(settings):
+        typer.echo(f"warning: {line}", err=True)
 
     from diskvault.api.app import create_app
 

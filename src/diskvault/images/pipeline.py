@@ -166,6 +166,7 @@ def _convert(
     info = qemu_img.info(out, target, binary=settings.QEMU_IMG_PATH)
     values = {
         "format": target,
+        "target_format": target,  # what `image show` reports: the format it now has
         "virtual_size": int(info["virtual-size"]),
         "file_size": out.stat().st_size,
         "actual_size": files.allocated_bytes(out),

@@ -93,6 +93,24 @@ def _perform(env: Env, a: Action, src_p: StorageProvider, dst_p: StorageProvider
         raise ValueError(f"unknown action {a.op!r}")
 
 
+MKDIR = "mkdir"  # a journal record of a directory the next action creates
+
+
+def new_directories(p: StorageProvider, key: str) -> list[str]:
+    """The folders above ``key`` that do not exist yet, outermost first (local storage;
+    object stores have no folders)."""
+    parts = key.split("/")[:-1]
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    out = []
+    for prefix in prefixes:
+        path = p.local_path(prefix)
+        if path is None:
+            return []
+        if not path.exists():
+            out.append(prefix)
+    return out
+
+
 def _one(env: Env, a: Action, out: Outcome) -> None:
     src_p = env.providers(env.location)
     dst_root = a.dst_root or env.location
@@ -120,6 +138,9 @@ def _one(env: Env, a: Action, out: Outcome) -> None:
         out.counts[RecordState.skipped.value] += 1
         return
     a.dst = fields["dst"]
+    if fields["dst_root"] is not None:
+        for key in new_directories(dst_p, fields["dst"]):  # removed by a rollback if empty
+            env.journal.note(RecordState.done, None, op=MKDIR, src_root=dst_root, src=key)
     record = env.journal.begin(**fields)
     try:
         _perform(env, a, src_p, dst_p)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from diskvault.organizer import fileops
+from diskvault.organizer.apply import MKDIR
 from diskvault.organizer.journal import Journal
 from diskvault.organizer.locations import Providers
 from diskvault.organizer.models import FileRecord, RecordState
@@ -122,6 +123,8 @@ def rollback_records(
     """Undo ``records`` (newest first); the rollback's own journal gets one record each."""
     counts: Counter[str] = Counter()
     problems: list[dict[str, str | None]] = []
+    folders = [r for r in records if r.op == MKDIR]  # newest (deepest) first
+    records = [r for r in records if r.op != MKDIR]
     for i, rec in enumerate(records):
         check_cancel()
         progress(i, len(records), f"{i}/{len(records)} files: undo {rec.op} {rec.src}")
@@ -154,6 +157,26 @@ def rollback_records(
     progress(len(records), len(records), f"{len(records)} files undone")
     return {
         "records": len(records),
+        "folders_removed": _remove_folders(folders, providers, original),
         **{v: counts.get(v, 0) for v in (RESTORED, NOTHING, CHANGED, NOT_RESTORABLE)},
         "problems": problems,
     }
+
+
+def _remove_folders(folders: Sequence[FileRecord], providers: Providers, original: Journal) -> int:
+    """Remove the folders the apply created, once the undo left them empty (the
+    operation's trash folder included); a folder holding anything stays."""
+    removed = 0
+    for rec in folders:
+        path = providers(rec.src_root).local_path(rec.src)
+        try:
+            if path is not None:
+                path.rmdir()
+                removed += 1
+            detail = None
+        except FileNotFoundError:
+            detail = "already gone"
+        except OSError:
+            detail = "not empty: left in place"
+        original.finish(rec.id, RecordState.rolled_back, detail)
+    return removed

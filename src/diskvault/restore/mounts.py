@@ -52,6 +52,7 @@ class PartitionState:
     mounted: bool
     reason: str | None
     mountpoint: str | None  # name inside the work directory
+    mount_path: str | None = None  # absolute, on the server: what the API shows
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +90,7 @@ def mount_partition(part: Partition, workdir: Path) -> PartitionState:
         state.reason = f"the {part.fstype} filesystem failed to mount: {detail}"
     else:
         state.mounted, state.mountpoint = True, name
+        state.mount_path = str(workdir / name)
     if not state.mounted:
         with contextlib.suppress(OSError):
             (workdir / name).rmdir()

@@ -21,6 +21,11 @@ class PartitionOut(BaseModel):
     uuid: str | None = None
     mounted: bool
     reason: str | None = Field(description="why it is not mounted (encrypted, unsupported...)")
+    mount_path: str | None = Field(
+        default=None,
+        description="where the filesystem is mounted on the server (read-only, nosuid, "
+        "nodev, noexec); the spec's mount_path",
+    )
 
 
 class MountOut(BaseModel):
