@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     LOGIN_MAX_FAILURES_PER_IP: int = Field(default=20, ge=1)  # per LOGIN_WINDOW_S
     LOGIN_WINDOW_S: float = Field(default=300.0, gt=0)
     LOGIN_HASH_WORKERS: int = Field(default=2, ge=1, le=64)  # argon2 checks at once
-    WEB_SESSION_HOURS: int = Field(default=12, ge=1, le=24 * 30)
+    WEB_SESSION_HOURS: int = Field(default=12, ge=1, le=24 * 30)  # console sign-in lifetime
 
     JOB_HEARTBEAT_S: float = Field(default=2.0, gt=0)
     JOB_HEARTBEAT_TIMEOUT_S: float = Field(default=30.0, gt=0)

@@ -137,9 +137,17 @@ _SECTION = re.compile(r"^    # -- (.+?) --")
 
 
 def _source_notes(cls: type[Settings]) -> tuple[dict[str, str], dict[str, str]]:
-    """Per field: its trailing (or preceding) comment, and its ``# -- section --``."""
+    """Per field: its trailing (or preceding) comment, and its ``# -- section --``,
+    read from the class and every settings class it derives from."""
     comments: dict[str, str] = {}
     sections: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if isinstance(klass, type) and issubclass(klass, Settings):
+            _read_notes(klass, comments, sections)
+    return comments, sections
+
+
+def _read_notes(cls: type[Settings], comments: dict[str, str], sections: dict[str, str]) -> None:
     section, above = "general", list[str]()
     for line in textwrap.dedent(inspect.getsource(cls)).splitlines():
         if m := _SECTION.match(line):
@@ -154,7 +162,6 @@ def _source_notes(cls: type[Settings]) -> tuple[dict[str, str], dict[str, str]]:
             above = []
         else:  # a blank line ends a ``# -- section --`` block
             section, above = (section if line.strip() else "general"), []
-    return comments, sections
 
 
 def _type(annotation: Any) -> str:

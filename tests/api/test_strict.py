@@ -59,18 +59,15 @@ def test_misspelt_field_names_every_unknown_and_creates_nothing(
     body = {
         "name": "enc",
         "path": str(tmp_path / "enc"),
-        "encryption": "luks",
-        "key_file": "/k",
+        "encrypt": "luks",
+        "keyfile": "/k",
         "immutabilty_days": 3,
     }
     problem = assert_problem(app_client.post("/api/v1/repositories", json=body, headers=h), 422)
-    assert {e["loc"][-1] for e in problem["errors"]} == {
-        "encryption",
-        "key_file",
-        "immutabilty_days",
-    }
+    assert {e["loc"][-1] for e in problem["errors"]} == {"encrypt", "keyfile", "immutabilty_days"}
     assert "did you mean `immutability_days`" in _unknown(problem, "immutabilty_days")["msg"]
-    assert "accepted: attach, immutability_days, kind, name, path, url" in problem["detail"]
+    assert "did you mean `encryption`" in _unknown(problem, "encrypt")["msg"]
+    assert "did you mean `key_file`" in _unknown(problem, "keyfile")["msg"]
     assert not (tmp_path / "enc").exists()
     listed = app_client.get("/api/v1/repositories", headers=h).json()["items"]
     assert "enc" not in [r["name"] for r in listed]
