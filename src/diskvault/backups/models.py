@@ -129,6 +129,11 @@ class Backup(IdMixin, Base):
     verify_status: Mapped[str | None] = mapped_column(String(16), default=None)
     verified_at: Mapped[datetime | None] = mapped_column(default=None)
     verify_detail: Mapped[str | None] = mapped_column(Text, default=None)
+    # Boot verification (diskvault.boot.verify): passed / failed, why, and its screenshot.
+    boot_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    boot_checked_at: Mapped[datetime | None] = mapped_column(default=None)
+    boot_detail: Mapped[str | None] = mapped_column(Text, default=None)
+    boot_method: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)

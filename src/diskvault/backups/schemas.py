@@ -18,6 +18,10 @@ class SourceCreate(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = Field(pattern=NAME)
     kind: SourceKind
+    boot_check: str | None = Field(
+        default=None, max_length=500, description="regex the console prints once booted"
+    )
+    boot_timeout_s: float | None = Field(default=None, gt=0, le=3600)
 
 
 class SourceOut(BaseModel):
@@ -93,9 +97,19 @@ class BackupOut(BaseModel):
     verify_status: str | None
     verified_at: datetime | None
     verify_detail: str | None
+    boot_status: str | None = None
+    boot_checked_at: datetime | None = None
+    boot_detail: str | None = None
+    boot_method: str | None = None
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def boot_screenshot_url(self) -> str | None:
+        """The last boot verification's screen (PNG), kept beside the point's sidecar."""
+        return f"/api/v1/backup/{self.id}/boot-screenshot" if self.boot_checked_at else None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as chains
 from diskvault.backups import repository as repo_files
+from diskvault.backups.boot_config import boot_config
 from diskvault.backups.chain import register_busy_check
 from diskvault.backups.errors import (
     BackupNotFound,
@@ -82,7 +83,7 @@ def restore_point(session: Session, backup_id: str) -> RestorePoint:
 def create_source(
     session: Session, name: str, kind: SourceKind, body: dict[str, Any]
 ) -> BackupSource:
-    config = SOURCES[kind.value].validate(body)
+    config = {**SOURCES[kind.value].validate(body), **boot_config(kind.value, body)}
     return insert_named(session, BackupSource(name=name, kind=kind, config=config), SourceExists)
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.problems import problem_response
-from diskvault.boot import bootscript, service, sessions, versions
+from diskvault.boot import bootscript, recovery_endpoints, service, sessions, versions
 from diskvault.boot.errors import BootRateLimited
 from diskvault.boot.schemas import (
     ApplyAccepted,
@@ -283,3 +283,4 @@ def shutdown(app: FastAPI) -> None:
 
 
 images.register_usage_check(service.image_usage)
+router.include_router(recovery_endpoints.router)
