@@ -32,7 +32,9 @@ ZERO = bytes(512)
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootApp]:
-    with boot_app(tmp_path_factory.mktemp("recovery"), BOOT_VERIFY_TIMEOUT_S=30) as app:
+    with boot_app(
+        tmp_path_factory.mktemp("recovery"), BOOT_VERIFY_TIMEOUT_S=30, BOOT_VERIFY_ACCEL="tcg"
+    ) as app:
         yield app
 
 

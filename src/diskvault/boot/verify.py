@@ -94,7 +94,9 @@ def screenshot_path(image: Path) -> Path:
     return image.with_name(image.name + ".boot.png")
 
 
-def _accel() -> str:
+def _accel(settings: Settings) -> str:
+    if settings.BOOT_VERIFY_ACCEL != "auto":
+        return settings.BOOT_VERIFY_ACCEL
     try:
         fd = os.open("/dev/kvm", os.O_RDWR)
     except OSError:
@@ -198,7 +200,7 @@ def boot_and_judge(
     qemu_img.create(
         overlay, "qcow2", None, backing=image, backing_fmt="qcow2", binary=settings.QEMU_IMG_PATH
     )
-    accel = _accel()
+    accel = _accel(settings)
     proc = Process(qemu_command(settings, binary, work, accel), error=QemuError)
     proc.start()
     started = time.monotonic()
