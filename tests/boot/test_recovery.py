@@ -8,6 +8,7 @@ real guest is in tests/e2e/test_recovery_qemu.py).
 from __future__ import annotations
 
 import struct
+import subprocess
 import time
 import zlib
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ import pytest
 
 from diskvault.backups.models import Backup, BackupStatus
 from diskvault.boot import verify, writeback
+from diskvault.boot.errors import BootVerifyUnavailable
 from diskvault.boot.recovery import layer_key
+from diskvault.config import load_settings
 from diskvault.db.engine import session_scope
 from diskvault.jobs.models import Job, JobStatus
 from diskvault.tools import qemu_img
@@ -248,3 +251,70 @@ def test_judge() -> None:
     assert panic is not None and panic.status == "failed"
     silent = verify.judge("", "", pattern, finished="in 5 s")
     assert silent == verify.Verdict("failed", "no console output in 5 s")
+
+
+SILENT = bytes.fromhex("F4EBFD") + bytes(507) + b"\x55\xaa"  # hlt; jmp $-1: never prints
+
+
+def test_a_silent_guest_fails_with_a_screenshot_and_cancel_leaves_nothing(
+    lab: BootApp, points: Points
+) -> None:
+    quiet = points.make(SILENT, boot_timeout_s=2)
+    job, shown = _verify(lab, quiet)
+    assert job["status"] == "failed"
+    assert shown["boot_detail"] == "no console output in 2 s"
+    assert verify.screenshot_path(image(lab.settings, quiet)).stat().st_size > 0
+
+    slow = points.make(SILENT, boot_timeout_s=600)
+    resp = lab.client.post(f"/api/v1/backup/{slow}/verify-boot", headers=lab.headers)
+    job_id = resp.json()["id"]
+    work = verify.work_root(lab.settings) / job_id
+    deadline = time.monotonic() + 60
+    while not (work / "qemu.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int((work / "qemu.pid").read_text())
+    cancel = lab.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=lab.headers)
+    assert cancel.status_code in (200, 202), cancel.text
+    assert _wait_job(lab, job_id)["status"] == "cancelled"
+    assert not Path(f"/proc/{pid}").exists() and not work.exists()
+
+
+def test_stale_verification_qemu_is_killed_at_start_up(lab: BootApp, tmp_path: Path) -> None:
+    """What a killed worker leaves: its QEMU and folder; the next start-up removes both."""
+    work = verify.work_root(lab.settings) / "crashed-job"
+    work.mkdir(parents=True)
+    disk = write_disk(tmp_path / "silent.raw", SILENT)
+    qemu_img.create(work / "overlay.qcow2", "qcow2", None, backing=disk, backing_fmt="raw")
+    cmd = verify.qemu_command(lab.settings, "qemu-system-x86_64", work, "tcg")
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (work / "qemu.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert verify.cleanup_stale(lab.settings) == 1
+        assert proc.wait(10) is not None
+        assert not work.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_missing_qemu_names_the_package(tmp_path: Path) -> None:
+    settings = load_settings(DATA_DIR=tmp_path, QEMU_SYSTEM_PATH="/nonexistent/qemu-system-x86_64")
+    with pytest.raises(BootVerifyUnavailable, match="qemu-system-x86"):
+        verify.boot_and_judge(
+            settings,
+            tmp_path / "none.qcow2",
+            tmp_path / "work",
+            pattern="x",
+            timeout=1,
+            screenshot=tmp_path / "s.png",
+            should_cancel=lambda: False,
+        )
+
+
+def test_a_bad_boot_check_is_refused(lab: BootApp, tmp_path: Path) -> None:
+    body = {"name": "badcheck", "kind": "qcow2", "disks": [str(tmp_path / "x.qcow2")]}
+    resp = lab.client.post("/api/v1/sources", json={**body, "boot_check": "("}, headers=lab.headers)
+    assert "boot_check" in assert_problem(resp, 422)["detail"]
