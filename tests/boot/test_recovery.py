@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from diskvault.backups.models import Backup, BackupStatus
-from diskvault.boot import verify, writeback
+from diskvault.boot import sessions, verify, writeback
 from diskvault.boot.errors import BootVerifyUnavailable
 from diskvault.boot.recovery import layer_key
 from diskvault.config import load_settings
@@ -318,3 +318,18 @@ def test_a_bad_boot_check_is_refused(lab: BootApp, tmp_path: Path) -> None:
     body = {"name": "badcheck", "kind": "qcow2", "disks": [str(tmp_path / "x.qcow2")]}
     resp = lab.client.post("/api/v1/sources", json={**body, "boot_check": "("}, headers=lab.headers)
     assert "boot_check" in assert_problem(resp, 422)["detail"]
+
+
+def test_full_writeback_storage_is_an_error_on_the_recovery(lab: BootApp, points: Points) -> None:
+    point = points.make(marker_sector())
+    before = _chain_sums(lab, point)
+    rec = _boot(lab, point, mac=new_mac()).json()
+    url = f"/api/v1/recoveries/{rec['id']}"
+    full = lab.settings.model_copy(update={"BOOT_WRITEBACK_MIN_FREE_BYTES": 1 << 62})
+    assert f"recovery {rec['id']}" in sessions.check_storage(full)
+    error = lab.client.get(url, headers=lab.headers).json()["error"]
+    assert "is full" in error and "chain is untouched" in error
+    sessions.check_storage(lab.settings)
+    assert lab.client.get(url, headers=lab.headers).json()["error"] is None
+    assert lab.client.delete(url, headers=lab.headers).status_code == 204
+    assert _chain_sums(lab, point) == before

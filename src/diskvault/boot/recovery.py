@@ -28,7 +28,12 @@ from diskvault.backups import chain as chains
 from diskvault.backups import service as backups
 from diskvault.backups.models import Backup, BackupChain
 from diskvault.boot import service, writeback
-from diskvault.boot.errors import PointNotBootable, RecoveryMacBusy, RecoveryNotFound
+from diskvault.boot.errors import (
+    PointNotBootable,
+    RecoveryMacBusy,
+    RecoveryNotFound,
+    WritebackFull,
+)
 from diskvault.boot.models import Machine, MachineMode, Recovery
 from diskvault.config import Settings
 from diskvault.errors import DiskvaultError, NotFound, Unprocessable
@@ -252,6 +257,23 @@ def stop(session: Session, settings: Settings, recovery_id: str) -> None:
     recovery = get(session, recovery_id)
     _teardown(session, settings, recovery)
     log.info("instant recovery stopped", recovery=recovery_id)
+
+
+def flag_storage(session: Session, settings: Settings, free: int | None) -> list[str]:
+    """Put (``free`` given) or clear the storage-full error on this node's recoveries."""
+    flagged = []
+    full = WritebackFull(
+        path=str(settings.writeback_dir),
+        free=free or 0,
+        detail="the recovered guest's writes fail once nothing is left; the chain is untouched",
+    )
+    for rec in session.scalars(select(Recovery).where(Recovery.node == settings.NODE)):
+        if free is not None:
+            rec.error = full.message
+            flagged.append(f"recovery {rec.id}")
+        elif rec.error and rec.error.startswith(f"writeback storage {settings.writeback_dir} "):
+            rec.error = None
+    return flagged
 
 
 def for_mac(session: Session, mac: str) -> Recovery | None:

@@ -74,6 +74,7 @@ def check_storage(settings: Settings) -> list[str]:
                 flagged.append(m.name)
             elif not low and m.error_code == STORAGE_FULL:
                 m.status, m.error, m.error_code = MachineStatus.READY, None, None
+        flagged += recovery.flag_storage(session, settings, free if low else None)
     if flagged:
         log.warning("writeback storage is running full", free=free, machines=flagged)
     return flagged
