@@ -128,6 +128,7 @@ def qemu_command(settings: Settings, binary: str, work: Path, accel: str) -> lis
         "-nic", "none",
         "-no-user-config",
         "-nodefaults",
+        "-no-shutdown",  # a guest that powers off keeps its last screen for the screenshot
         "-vga", "std",
         "-serial", f"file:{work / 'console.log'}",
         "-chardev", f"file,id=bios,path={work / 'bios.log'}",
