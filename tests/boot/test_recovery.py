@@ -12,13 +12,14 @@ import subprocess
 import time
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from diskvault.backups.models import Backup, BackupStatus
-from diskvault.boot import sessions, verify, writeback
+from diskvault.boot import sessions, verify, verify_policy, writeback
 from diskvault.boot.errors import BootVerifyUnavailable
 from diskvault.boot.recovery import layer_key
 from diskvault.config import load_settings
@@ -333,3 +334,28 @@ def test_full_writeback_storage_is_an_error_on_the_recovery(lab: BootApp, points
     assert lab.client.get(url, headers=lab.headers).json()["error"] is None
     assert lab.client.delete(url, headers=lab.headers).status_code == 204
     assert _chain_sums(lab, point) == before
+
+
+def test_a_policy_schedules_boot_verification_of_new_points(lab: BootApp, points: Points) -> None:
+    first = points.make(marker_sector(), boot_check=MARKER.decode())
+    source = f"src{points.count}"
+    body = {
+        "name": "boot-checked",
+        "sources": [source],
+        "repository": "recovery-repo",
+        "verify_boot_schedule": "* * * * *",
+        "verify_boot": "all-new",
+    }
+    resp = lab.client.post("/api/v1/policies", json=body, headers=lab.headers)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["verify_boot"] == "all-new"
+    new = backup(lab.settings, source, points.repo, "incremental")
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    (job_id,) = verify_policy.tick(lab.settings, now=later)
+    job = _wait_job(lab, job_id)
+    assert job["status"] == "succeeded" and job["params"] == {"backup_id": new}
+    assert verify_policy.tick(lab.settings, now=later) == []  # not due again yet
+    shown = lab.client.get(f"/api/v1/backup/{new}", headers=lab.headers).json()
+    assert shown["boot_status"] == "passed"
+    untouched = lab.client.get(f"/api/v1/backup/{first}", headers=lab.headers).json()
+    assert untouched["boot_status"] is None

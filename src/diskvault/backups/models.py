@@ -153,6 +153,10 @@ class BackupPolicy(IdMixin, TimestampMixin, Base):
     max_chain_length: Mapped[int | None] = mapped_column(Integer, default=None)
     immutability_days: Mapped[float] = mapped_column(Float, default=0.0)
     verify_schedule: Mapped[str | None] = mapped_column(String(100), default=None)
+    # Boot verification (diskvault.boot.verify_policy): when, and which points.
+    verify_boot_schedule: Mapped[str | None] = mapped_column(String(100), default=None)
+    verify_boot: Mapped[str] = mapped_column(String(16), default="latest")  # or all-new
+    last_verify_boot_at: Mapped[datetime | None] = mapped_column(default=None)
     copy_repository_id: Mapped[str | None] = mapped_column(String(32), default=None)
     enabled: Mapped[bool] = mapped_column(default=True)
     last_run_at: Mapped[datetime | None] = mapped_column(default=None)

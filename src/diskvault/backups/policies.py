@@ -61,6 +61,8 @@ def create(settings: Settings, session: Session, body: dict[str, Any]) -> Backup
         max_chain_length=body.get("max_chain_length"),
         immutability_days=float(body.get("immutability_days") or 0.0),
         verify_schedule=check_cron(body.get("verify_schedule")),
+        verify_boot_schedule=check_cron(body.get("verify_boot_schedule")),
+        verify_boot=body.get("verify_boot") or "latest",
         copy_repository_id=service.get_repository(settings, session, copy_to).id
         if copy_to
         else None,

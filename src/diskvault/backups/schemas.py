@@ -186,6 +186,8 @@ class PolicyCreate(Retention):
     max_chain_length: int | None = Field(default=None, ge=1)
     immutability_days: float = Field(default=0.0, ge=0)
     verify_schedule: str | None = None
+    verify_boot_schedule: str | None = Field(default=None, description="cron: boot-verify")
+    verify_boot: Literal["latest", "all-new"] = "latest"
     copy_to: str | None = Field(default=None, description="repository for a second copy")
     enabled: bool = True
 
@@ -202,6 +204,9 @@ class PolicyOut(BaseModel):
     max_chain_length: int | None
     immutability_days: float
     verify_schedule: str | None
+    verify_boot_schedule: str | None = None
+    verify_boot: str = "latest"
+    last_verify_boot_at: datetime | None = None
     copy_repository_id: str | None
     enabled: bool
     last_run_at: datetime | None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diskvault.boot import promote, recovery, service, sessions, verify, versions
+from diskvault.boot import promote, recovery, service, sessions, verify, verify_policy, versions
 from diskvault.boot.verify import VERIFY_BOOT_JOB
 from diskvault.config import Settings
 from diskvault.jobs.context import JobContext
@@ -44,3 +44,8 @@ def promote_recovery(ctx: JobContext) -> dict[str, Any]:
 def verify_boot(ctx: JobContext) -> dict[str, Any]:
     """Boot a restore point in a throw-away QEMU and record the verdict on it."""
     return verify.verify_point(ctx.settings, ctx.params["backup_id"], ctx.job_id, ctx.should_cancel)
+
+
+@periodic("boot-verify-policies", lambda s: s.BACKUP_POLICY_INTERVAL_S)
+def verify_boot_policies(settings: Settings) -> None:
+    verify_policy.tick(settings)

@@ -28,6 +28,16 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("boot_detail", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("boot_method", sa.String(length=32), nullable=True))
+    with op.batch_alter_table("backup_policies", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("verify_boot_schedule", sa.String(length=100), nullable=True))
+        batch_op.add_column(
+            sa.Column("verify_boot", sa.String(length=16), nullable=False, server_default="latest")
+        )
+        batch_op.add_column(
+            sa.Column(
+                "last_verify_boot_at", diskvault.db.base.UTCDateTime(timezone=True), nullable=True
+            )
+        )
     op.create_table(
         "recoveries",
         sa.Column("backup_id", sa.String(length=32), nullable=False),
@@ -59,6 +69,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_recoveries_node"))
         batch_op.drop_index(batch_op.f("ix_recoveries_backup_id"))
     op.drop_table("recoveries")
+    with op.batch_alter_table("backup_policies", schema=None) as batch_op:
+        batch_op.drop_column("last_verify_boot_at")
+        batch_op.drop_column("verify_boot")
+        batch_op.drop_column("verify_boot_schedule")
     with op.batch_alter_table("backup_jobs", schema=None) as batch_op:
         batch_op.drop_column("boot_method")
         batch_op.drop_column("boot_detail")
