@@ -68,13 +68,13 @@ def _run(*cmd: str) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
 
 
-def build_disk(dest: Path) -> Path:
+def build_disk(dest: Path, size: int = DISK_SIZE) -> Path:
     """A raw disk at ``dest`` that boots the guest through BIOS (or iPXE's sanboot)."""
     kernel = sorted(Path("/boot").glob("vmlinuz-*"))[-1]
     with open(dest, "wb") as fh:
-        fh.truncate(DISK_SIZE)
+        fh.truncate(size)
         fh.seek(446)  # one bootable Linux partition from 1 MiB to the end (LBA fields only)
-        sectors = DISK_SIZE // 512 - 2048
+        sectors = size // 512 - 2048
         fh.write(
             struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", 2048, sectors)
         )
