@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from diskvault.backups import repository as repo_files
 from diskvault.backups.models import Backup, BackupStatus
 from diskvault.boot import sessions, verify, verify_policy, writeback
 from diskvault.boot.errors import BootVerifyUnavailable
@@ -359,3 +360,26 @@ def test_a_policy_schedules_boot_verification_of_new_points(lab: BootApp, points
     assert shown["boot_status"] == "passed"
     untouched = lab.client.get(f"/api/v1/backup/{first}", headers=lab.headers).json()
     assert untouched["boot_status"] is None
+
+
+def test_an_immutable_point_boots(lab: BootApp, points: Points) -> None:
+    point = points.make(writer_sector())
+    files = sorted(image(lab.settings, point).parent.iterdir())
+    flagged = repo_files.set_immutable(files, on=True)
+    with session_scope(lab.settings.DATABASE_URL) as s:
+        row = s.get(Backup, point)
+        assert row is not None
+        row.immutable_until = datetime.now(UTC) + timedelta(days=1)
+        row.immutable_flag = flagged
+    try:
+        before = _chain_sums(lab, point)
+        rec = _boot(lab, point, mac=new_mac())
+        assert rec.status_code == 201, rec.text
+        disk = _disk_of(lab, rec.json()["id"])
+        write_sector(disk, 1, writer_sector())
+        assert read_sector(disk, 1) == writer_sector()
+        url = f"/api/v1/recoveries/{rec.json()['id']}"
+        assert lab.client.delete(url, headers=lab.headers).status_code == 204
+        assert _chain_sums(lab, point) == before
+    finally:
+        repo_files.set_immutable(files, on=False)
