@@ -87,7 +87,10 @@ backups_cli.app.command("show")(show)
 
 @app.command("list")
 def list_() -> None:
-    """Live instant recoveries: restore point, machine, overlay size, uptime."""
+    """Live instant recoveries: restore point, machine, overlay size, uptime.
+
+    Example: diskvault recovery list
+    """
     page = Client().get("/api/v1/recoveries", params={"limit": 1000})
     rows = [
         (
