@@ -26,7 +26,12 @@ MAC = "52:54:00:12:34:57"
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     if why := missing():
         pytest.fail(f"the Linux test guest cannot be built: {why}; run scripts/install-system-deps")
-    env = {**tgtd_env(), "DISKVAULT_BOOT_VERIFY_ACCEL": "tcg", "DISKVAULT_WORKERS": "2"}
+    env = {
+        **tgtd_env(),
+        "DISKVAULT_BOOT_VERIFY_ACCEL": "tcg",
+        "DISKVAULT_BOOT_VERIFY_MEMORY_MB": "128",
+        "DISKVAULT_WORKERS": "2",
+    }
     data = tmp_path_factory.mktemp("linux-e2e")
     server = ServerProcess(data, env=env)
     server.start()
