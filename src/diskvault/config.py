@@ -12,6 +12,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -114,6 +115,10 @@ class Settings(BaseSettings):
     BOOT_VERSIONS_KEEP: int = Field(default=5, ge=1)  # newest versions per image never expired
     BOOT_VERSION_MIN_AGE_S: float = Field(default=7 * 86400.0, ge=0)
     BOOT_VERSION_EXPIRY_INTERVAL_S: float = Field(default=3600.0, gt=0)
+    BOOT_VERIFY_CONCURRENCY: int = Field(default=2, ge=1, le=64)  # QEMUs booting points at once
+    BOOT_VERIFY_TIMEOUT_S: float = Field(default=120.0, gt=0, le=3600)  # unless the source says
+    BOOT_VERIFY_MEMORY_MB: int = Field(default=512, ge=64, le=65536)
+    BOOT_VERIFY_ACCEL: Literal["auto", "kvm", "tcg"] = "auto"  # auto: KVM if /dev/kvm opens
 
     # -- backups --
     BACKUP_MAX_CHAIN_LENGTH: int = Field(default=30, ge=1)

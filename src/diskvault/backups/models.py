@@ -138,6 +138,11 @@ class Backup(IdMixin, Base):
     verify_status: Mapped[str | None] = mapped_column(String(16), default=None)
     verified_at: Mapped[datetime | None] = mapped_column(default=None)
     verify_detail: Mapped[str | None] = mapped_column(Text, default=None)
+    # Boot verification (diskvault.boot.verify): passed / failed, why, and its screenshot.
+    boot_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    boot_checked_at: Mapped[datetime | None] = mapped_column(default=None)
+    boot_detail: Mapped[str | None] = mapped_column(Text, default=None)
+    boot_method: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -157,6 +162,10 @@ class BackupPolicy(IdMixin, TimestampMixin, Base):
     max_chain_length: Mapped[int | None] = mapped_column(Integer, default=None)
     immutability_days: Mapped[float] = mapped_column(Float, default=0.0)
     verify_schedule: Mapped[str | None] = mapped_column(String(100), default=None)
+    # Boot verification (diskvault.boot.verify_policy): when, and which points.
+    verify_boot_schedule: Mapped[str | None] = mapped_column(String(100), default=None)
+    verify_boot: Mapped[str] = mapped_column(String(16), default="latest")  # or all-new
+    last_verify_boot_at: Mapped[datetime | None] = mapped_column(default=None)
     copy_repository_id: Mapped[str | None] = mapped_column(String(32), default=None)
     compression: Mapped[str | None] = mapped_column(String(16), default=None)  # else the repo's
     enabled: Mapped[bool] = mapped_column(default=True)

@@ -65,7 +65,7 @@ def build(
     keys.check_combination(target.encryption, row.compression)
     rules = dict(row.retention or {}) | {k: body[k] for k in RULES if k in body}
     row.retention = {k: v for k, v in rules.items() if v is not None}
-    for key in ("schedule", "verify_schedule"):
+    for key in ("schedule", "verify_schedule", "verify_boot_schedule"):
         if key in body or getattr(row, key, None) is None:
             setattr(row, key, check_cron(body.get(key)))
     simple = {
@@ -73,6 +73,7 @@ def build(
         "max_chain_length": None,
         "enabled": True,
         "adopt_existing": False,
+        "verify_boot": "latest",
     }
     for key, default in simple.items():
         if key in body or getattr(row, key) is None:

@@ -34,6 +34,10 @@ class _SourceCreate(RequestModel):
     """Fields every kind takes; each kind's own model adds its strict config."""
 
     name: str = Field(pattern=NAME)
+    boot_check: str | None = Field(
+        default=None, max_length=500, description="regex the console prints once booted"
+    )
+    boot_timeout_s: float | None = Field(default=None, gt=0, le=3600)
     unverified: StrictBool = Field(
         default=False,
         description="add it even though its disks cannot be checked now (they must "
@@ -195,9 +199,19 @@ class BackupOut(BaseModel):
     verify_status: str | None
     verified_at: datetime | None
     verify_detail: str | None
+    boot_status: str | None = None
+    boot_checked_at: datetime | None = None
+    boot_detail: str | None = None
+    boot_method: str | None = None
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def boot_screenshot_url(self) -> str | None:
+        """The last boot verification's screen (PNG), kept beside the point's sidecar."""
+        return f"/api/v1/backup/{self.id}/boot-screenshot" if self.boot_checked_at else None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -290,6 +304,8 @@ class PolicyCreate(Retention):
     enabled: StrictBool = True
     compression: Compression | None = Field(default=None, description="else the repository's")
     adopt_existing: StrictBool = Field(default=False, description=ADOPT)
+    verify_boot_schedule: Text | None = Field(default=None, description="cron: boot-verify")
+    verify_boot: Literal["latest", "all-new"] = "latest"
 
 
 class PolicyUpdate(Retention):
@@ -306,6 +322,8 @@ class PolicyUpdate(Retention):
     enabled: StrictBool | None = None
     compression: Compression | None = None
     adopt_existing: StrictBool | None = Field(default=None, description=ADOPT)
+    verify_boot_schedule: Text | None = None
+    verify_boot: Literal["latest", "all-new"] | None = None
 
 
 class PreviewPoint(BaseModel):
@@ -359,6 +377,9 @@ class PolicyOut(BaseModel):
     max_chain_length: int | None
     immutability_days: float
     verify_schedule: str | None
+    verify_boot_schedule: str | None = None
+    verify_boot: str = "latest"
+    last_verify_boot_at: datetime | None = None
     copy_repository_id: str | None
     enabled: bool
     compression: str | None

@@ -14,6 +14,7 @@ from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as chains
 from diskvault.backups import keys
 from diskvault.backups import repository as repo_files
+from diskvault.backups.boot_config import boot_config
 from diskvault.backups.chain import register_busy_check
 from diskvault.backups.errors import (
     BackupNotFound,
@@ -99,7 +100,7 @@ def create_source(
     """``unverified``: skip the check that the disks are there and readable (kept in
     the config, so the listing shows which sources were never checked)."""
     cls = SOURCES[kind.value]
-    config = cls.validate(body)
+    config = {**cls.validate(body), **boot_config(kind.value, body)}
     if unverified:
         config["unverified"] = True
     else:

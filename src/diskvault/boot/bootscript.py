@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from diskvault.boot import service, writeback
+from diskvault.boot import recovery, service, writeback
 from diskvault.boot.errors import InvalidMac, WritebackFull
-from diskvault.boot.models import BootSession, Machine, MachineMode, MachineStatus
+from diskvault.boot.models import BootSession, Machine, MachineMode, MachineStatus, Recovery
 from diskvault.config import Settings
 from diskvault.errors import DiskvaultError
 from diskvault.targets.iqn import parse_portal
@@ -128,6 +128,29 @@ def _open_session(session: Session, machine: Machine, client: str | None) -> Non
     session.commit()
 
 
+def _recovery_script(session: Session, settings: Settings, rescue: Recovery, *, server: str) -> str:
+    """Sanboot the restore point an instant recovery publishes for this MAC."""
+    with service.machine_lock(rescue.id):
+        try:
+            target = recovery.serve(
+                session, settings, rescue, fresh=rescue.mode == MachineMode.discard
+            )
+        except DiskvaultError as exc:
+            return _retry(settings, f"recovery of {rescue.backup_id} cannot boot: {exc.message}")
+        rescue.last_boot_at = datetime.now(UTC)
+        session.commit()
+    _, port = parse_portal(target.portal)
+    return ipxe.sanboot_script(
+        server=server,
+        port=port,
+        lun=target.lun,
+        iqn=target.iqn,
+        initiator_iqn=rescue.initiator_iqn,
+        banner=f"diskvault: instant recovery of restore point {rescue.backup_id} "
+        f"({rescue.mode.value} mode)",
+    )
+
+
 def answer(
     session: Session, settings: Settings, mac: str, *, server: str, client: str | None
 ) -> str:
@@ -140,6 +163,8 @@ def answer(
         mac = service.normalize_mac(mac)
     except InvalidMac as exc:
         return _retry(settings, exc.message, unknown=True)
+    if (rescue := recovery.for_mac(session, mac)) is not None:
+        return _recovery_script(session, settings, rescue, server=server)
     machine = session.scalar(select(Machine).where(Machine.mac == mac))
     if machine is None:
         return _retry(

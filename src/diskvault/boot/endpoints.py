@@ -12,7 +12,7 @@ from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.problems import problem_response
 from diskvault.api.responses import problems
-from diskvault.boot import bootscript, errors, service, sessions, versions
+from diskvault.boot import bootscript, errors, recovery_endpoints, service, sessions, versions
 from diskvault.boot.errors import BootRateLimited
 from diskvault.boot.schemas import (
     ApplyAccepted,
@@ -289,3 +289,4 @@ def shutdown(app: FastAPI) -> None:
 
 
 images.register_usage_check(service.image_usage)
+router.include_router(recovery_endpoints.router)

@@ -74,3 +74,32 @@ class BootRateLimited(DiskvaultError):
     status = 429
     exit_code = 6
     title = "Too many requests"
+
+
+class RecoveryNotFound(NotFound):
+    template = "recovery {id} was not found"
+
+
+class RecoveryMacBusy(Conflict):
+    template = (
+        "MAC {mac} already boots {what}; stop that first (diskvault recovery stop ID "
+        "or shut the machine down)"
+    )
+
+
+class PointNotBootable(Conflict):
+    template = "restore point {id} cannot be booted: {reason}"
+
+
+class BootVerifyUnavailable(DiskvaultError):
+    template = "boot verification cannot run: {detail}"
+    status = 503
+    exit_code = 10
+    title = "Boot verification unavailable"
+
+
+class BootVerifyFailed(DiskvaultError):
+    template = "restore point {id} did not boot: {detail}"
+    status = 422
+    exit_code = 1
+    title = "Boot verification failed"

@@ -88,3 +88,25 @@ class ImageVersion(IdMixin, Base):
     job_id: Mapped[str | None] = mapped_column(String(32), default=None)
     owner: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Recovery(IdMixin, Base):
+    """A restore point booted in place: an overlay on its chain, served over iSCSI.
+
+    ``machine_id`` is the machine it was attached to; without one it answers
+    for ``mac`` alone (a temporary machine) and goes away with the recovery.
+    """
+
+    __tablename__ = "recoveries"
+
+    backup_id: Mapped[str] = mapped_column(String(32), index=True)
+    machine_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    initiator_iqn: Mapped[str] = mapped_column(String(223))
+    mode: Mapped[MachineMode] = mapped_column(Enum(MachineMode, native_enum=False, length=16))
+    target_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    node: Mapped[str] = mapped_column(String(128), index=True)
+    owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_boot_at: Mapped[datetime | None] = mapped_column(default=None)

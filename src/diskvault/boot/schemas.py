@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,3 +95,41 @@ class VersionOut(BaseModel):
     owner: str | None
     created_at: datetime
     used_by: list[str] = Field(default_factory=list, description="machines whose layer sits on it")
+
+
+class RecoveryStart(BaseModel):
+    """Boot a restore point: attach it to a machine, or to a temporary one for ``mac``."""
+
+    model_config = ConfigDict(extra="forbid")
+    machine: str | None = Field(default=None, max_length=100, description="name or id")
+    mac: str | None = Field(default=None, max_length=32, examples=["52:54:00:12:34:57"])
+    mode: MachineMode = Field(
+        default=MachineMode.keep,
+        description="keep: the guest's writes last until the recovery ends; "
+        "discard: each boot starts from the restore point again",
+    )
+
+
+class RecoveryOut(BaseModel):
+    id: str
+    backup_id: str
+    machine_id: str | None
+    machine: str | None
+    temporary_machine: bool
+    mac: str
+    mode: MachineMode
+    initiator_iqn: str
+    target_id: str | None
+    overlay_bytes: int
+    uptime_s: float
+    error: str | None
+    created_at: datetime
+    last_boot_at: datetime | None
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: Literal["image", "file"]
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="the new image")
+    path: str | None = Field(default=None, max_length=4096, description="a new file (to: file)")
+    format: str = Field(default="qcow2", max_length=16)

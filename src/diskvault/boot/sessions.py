@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from sqlalchemy import select
 
-from diskvault.boot import service, writeback
+from diskvault.boot import recovery, service, verify, writeback
 from diskvault.boot.errors import WritebackFull
 from diskvault.boot.models import BootSession, Machine, MachineStatus
 from diskvault.config import Settings
@@ -74,6 +74,7 @@ def check_storage(settings: Settings) -> list[str]:
                 flagged.append(m.name)
             elif not low and m.error_code == STORAGE_FULL:
                 m.status, m.error, m.error_code = MachineStatus.READY, None, None
+        flagged += recovery.flag_storage(session, settings, free if low else None)
     if flagged:
         log.warning("writeback storage is running full", free=free, machines=flagged)
     return flagged
@@ -82,6 +83,7 @@ def check_storage(settings: Settings) -> list[str]:
 def startup(settings: Settings) -> None:
     """Clean up after a crash, then bring this node's layers and targets back."""
     writeback.cleanup_stale(settings)
+    verify.cleanup_stale(settings)
     with session_scope(settings.DATABASE_URL) as session:
         machines = session.scalars(
             select(Machine).where(Machine.node == settings.NODE, Machine.layer_version.is_not(None))
@@ -89,6 +91,7 @@ def startup(settings: Settings) -> None:
         for machine in machines:
             with service.machine_lock(machine.id), contextlib.suppress(DiskvaultError):
                 service.serve(session, settings, machine, fresh=False)
+        recovery.startup(settings, session)
 
 
 def shutdown(settings: Settings) -> None:

@@ -95,23 +95,31 @@ def _failure(settings: Settings, machine_id: str, exc: Exception) -> WritebackEr
     return WritebackError(machine=machine_id, detail=text[-1000:])
 
 
-def _new_overlay(settings: Settings, paths: LayerPaths, base: Path) -> None:
+def _new_overlay(settings: Settings, paths: LayerPaths, base: Path, base_fmt: str) -> None:
     """Replace the overlay with an empty one on ``base``; the old one stays if this fails."""
     partial = paths.root / f"{OVERLAY}.partial"
     partial.unlink(missing_ok=True)
     try:
         qemu_img.create(
-            partial, "qcow2", None, backing=base, backing_fmt="raw", binary=settings.QEMU_IMG_PATH
+            partial,
+            "qcow2",
+            None,
+            backing=base,
+            backing_fmt=base_fmt,
+            binary=settings.QEMU_IMG_PATH,
         )
         os.replace(partial, paths.overlay)
     finally:
         partial.unlink(missing_ok=True)
 
 
-def start(settings: Settings, machine_id: str, base: Path, *, fresh: bool) -> Path:
+def start(
+    settings: Settings, machine_id: str, base: Path, *, fresh: bool, base_fmt: str = "raw"
+) -> Path:
     """(Re)start the layer and return the file to serve.
 
-    ``fresh`` (or no overlay yet) makes a new empty overlay on ``base``;
+    ``fresh`` (or no overlay yet) makes a new empty overlay on ``base``
+    (a raw image version, or a restore point's qcow2 chain for a recovery);
     otherwise the existing overlay, with its own backing file, is served again.
     """
     paths = layer_paths(settings, machine_id)
@@ -120,7 +128,7 @@ def start(settings: Settings, machine_id: str, base: Path, *, fresh: bool) -> Pa
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
         if fresh or not paths.overlay.exists():
-            _new_overlay(settings, paths, base)
+            _new_overlay(settings, paths, base, base_fmt)
         control = f"socket,path={str(paths.control).replace(',', ',,')},server=on,wait=off,id=ctl"
         daemon = QsdServer(
             paths.run,

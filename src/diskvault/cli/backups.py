@@ -88,11 +88,12 @@ def list_(
             b["status"],
             (b["completed_at"] or b["created_at"])[:19],
             human_bytes(b["file_size"]),
+            b.get("boot_status") or "-",
             (b["error"] or b["reason"] or "")[:60],
         )
         for b in page["items"]
     ]
-    cols = ["id", "source", "disk", "type", "status", "time", "size", "note"]
+    cols = ["id", "source", "disk", "type", "status", "time", "size", "boots", "note"]
     print_table(f"restore points ({page['total']} total)", cols, rows)
 
 

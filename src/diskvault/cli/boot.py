@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from diskvault.cli import recovery as recovery_cli
 from diskvault.cli.client import Client
 from diskvault.cli.common import console, print_table
 from diskvault.cli.progress import watch
@@ -162,3 +163,6 @@ def discard(machine: str = typer.Argument(..., help="name, MAC or id")) -> None:
     machine_id = resolve_machine(client, machine)
     m = client.post(f"/api/v1/machines/{machine_id}/writeback/discard")
     console.print(f"writeback of {m['name']} discarded; it boots version {m['layer_version']}")
+
+
+EXTRA_GROUPS = {"recovery": recovery_cli.app}
