@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parents[1] / "shared" / "reference"
+# shared/ lies beside the checkout (CI, the main work tree) or one level up (a worktree).
+REFERENCE = next(
+    (p / "shared" / "reference" for p in ROOT.parents if (p / "shared" / "reference").is_dir()),
+    ROOT.parent / "shared" / "reference",
+)
 SPEC_MAP = (ROOT / "docs" / "spec-map.md").read_text()
 
 

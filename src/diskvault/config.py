@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     BOOT_VERSION_EXPIRY_INTERVAL_S: float = Field(default=3600.0, gt=0)
     BOOT_VERIFY_CONCURRENCY: int = Field(default=2, ge=1, le=64)  # QEMUs booting points at once
     BOOT_VERIFY_TIMEOUT_S: float = Field(default=120.0, gt=0, le=3600)  # unless the source says
-    BOOT_VERIFY_MEMORY_MB: int = Field(default=512, ge=64, le=65536)
+    BOOT_VERIFY_MEMORY_MB: int = Field(default=512, ge=64, le=65536)  # guest RAM per check
     BOOT_VERIFY_ACCEL: Literal["auto", "kvm", "tcg"] = "auto"  # auto: KVM if /dev/kvm opens
 
     # -- backups --
