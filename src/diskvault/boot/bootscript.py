@@ -139,16 +139,11 @@ def _recovery_script(session: Session, settings: Settings, rescue: Recovery, *, 
             return _retry(settings, f"recovery of {rescue.backup_id} cannot boot: {exc.message}")
         rescue.last_boot_at = datetime.now(UTC)
         session.commit()
-    _, port = parse_portal(target.portal)
-    return ipxe.sanboot_script(
-        server=server,
-        port=port,
-        lun=target.lun,
-        iqn=target.iqn,
-        initiator_iqn=rescue.initiator_iqn,
-        banner=f"diskvault: instant recovery of restore point {rescue.backup_id} "
-        f"({rescue.mode.value} mode)",
+    banner = (
+        f"diskvault: instant recovery of restore point {rescue.backup_id} "
+        f"({rescue.mode.value} mode)"
     )
+    return _sanboot(target, server, rescue.initiator_iqn, banner)
 
 
 def answer(
@@ -191,19 +186,26 @@ def answer(
         except DiskvaultError as exc:
             return _retry(settings, f"{machine.name} cannot boot: {exc.message}")
         _open_session(session, machine, client)
-    return _sanboot(machine, target, server)
+    return _machine_sanboot(machine, target, server)
 
 
-def _sanboot(machine: Machine, target: Target, server: str) -> str:
+def _machine_sanboot(machine: Machine, target: Target, server: str) -> str:
+    banner = (
+        f"diskvault: {machine.name} boots image version {machine.layer_version} "
+        f"({machine.mode.value} mode)"
+    )
+    return _sanboot(target, server, machine.initiator_iqn, banner)
+
+
+def _sanboot(target: Target, server: str, initiator_iqn: str, banner: str) -> str:
     _, port = parse_portal(target.portal)
     return ipxe.sanboot_script(
         server=server,
         port=port,
         lun=target.lun,
         iqn=target.iqn,
-        initiator_iqn=machine.initiator_iqn,
-        banner=f"diskvault: {machine.name} boots image version {machine.layer_version} "
-        f"({machine.mode.value} mode)",
+        initiator_iqn=initiator_iqn,
+        banner=banner,
     )
 
 
@@ -212,4 +214,4 @@ def preview(session: Session, settings: Settings, machine: Machine, *, server: s
     target = service.target_of(session, machine)
     if target is None:
         return _retry(settings, f"{machine.name} has no disk yet ({machine.status.value})")
-    return _sanboot(machine, target, server)
+    return _machine_sanboot(machine, target, server)
