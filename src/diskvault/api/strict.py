@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.requests import HTTPConnection
 
 from diskvault.schemas_base import unknown_field_message
+from diskvault.web import is_console_path
 
 
 def _query_names(dependant: Any) -> set[str]:
@@ -28,6 +29,8 @@ def refuse_unknown_query(conn: HTTPConnection) -> None:
     route = conn.scope.get("route")
     if conn.scope["type"] != "http" or route is None:
         return
+    if is_console_path(conn.url.path):
+        return  # the console's pages: HTML forms, not the documented API contract
     accepted = _query_names(route.dependant)
     errors: list[dict[str, Any]] = [
         {

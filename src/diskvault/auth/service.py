@@ -34,17 +34,22 @@ class Principal:
     via: str  # "jwt" | "api-token"
 
 
+def access_token(settings: Settings, user: User, ttl: timedelta) -> str:
+    """An access token that stops working when the user's password or role changes."""
+    return security.encode_token(
+        settings.SECRET_KEY,
+        sub=user.id,
+        kind="access",
+        ttl=ttl,
+        role=user.role.value,
+        ver=user.token_version,
+    )
+
+
 def issue_tokens(settings: Settings, user: User) -> dict[str, Any]:
     access_ttl = timedelta(minutes=settings.ACCESS_TOKEN_MINUTES)
     return {
-        "access_token": security.encode_token(
-            settings.SECRET_KEY,
-            sub=user.id,
-            kind="access",
-            ttl=access_ttl,
-            role=user.role.value,
-            ver=user.token_version,
-        ),
+        "access_token": access_token(settings, user, access_ttl),
         "refresh_token": security.encode_token(
             settings.SECRET_KEY,
             sub=user.id,

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from diskvault.api.deps import SettingsDep
 from diskvault.auth import security
+from diskvault.auth import service as auth_service
 from diskvault.auth.errors import RoleRequired
 from diskvault.auth.models import ApiToken, Role, User
 from diskvault.auth.service import Principal
@@ -218,13 +219,11 @@ def reader(role: Role) -> Any:
 
 def live_token(settings: Settings, principal: Principal) -> str:
     """A short access token the page's JS uses for the upload API and the job WebSockets."""
-    return security.encode_token(
-        settings.SECRET_KEY,
-        sub=principal.user_id,
-        kind="access",
-        ttl=timedelta(minutes=LIVE_TOKEN_MINUTES),
-        role=principal.role.value,
-    )
+    with session_scope(settings.DATABASE_URL) as s:
+        user = s.get(User, principal.user_id)
+        if user is None:
+            raise LoginRequired("/")
+        return auth_service.access_token(settings, user, timedelta(minutes=LIVE_TOKEN_MINUTES))
 
 
 ReaderDep = Annotated[Console, Depends(console_user)]

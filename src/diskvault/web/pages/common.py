@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 from fastapi import Depends, Query
 from pydantic import BaseModel, ValidationError
@@ -51,7 +51,9 @@ class InvalidForm(BadRequest):
 
 def parse(model: type[M], form: dict[str, Any], **extra: Any) -> M:
     """Validate form fields with the API's own request schema; empty fields count as absent."""
-    data = {k: v for k, v in form.items() if v != "" and k not in ("csrf", "next")}
+    data = {
+        k: _form_int(model, k, v) for k, v in form.items() if v != "" and k not in ("csrf", "next")
+    }
     try:
         return model.model_validate({**data, **extra})
     except ValidationError as exc:
@@ -59,6 +61,28 @@ def parse(model: type[M], form: dict[str, Any], **extra: Any) -> M:
             f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()
         ]
         raise InvalidForm("; ".join(parts)) from None
+
+
+def _form_int(model: type[BaseModel], name: str, value: Any) -> Any:
+    """A form sends text; the API's schemas take JSON integers only, so "7" becomes 7
+    for integer fields (anything else is left for the schema to refuse)."""
+    field = model.model_fields.get(name)
+    if field is None or not isinstance(value, str):
+        return value
+    if not _takes_int(field.annotation):
+        return value
+    try:
+        return int(value.strip())
+    except ValueError:
+        return value
+
+
+def _takes_int(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    if get_origin(annotation) is Annotated:
+        return _takes_int(get_args(annotation)[0])
+    return any(_takes_int(a) for a in get_args(annotation))
 
 
 def checkbox(form: dict[str, Any], name: str) -> bool:
