@@ -468,7 +468,7 @@ def test_encrypted_nbd_source_chain_and_restore_to_nbd(
     disk = marked_disk(tmp_path / "nvm.qcow2", tmp_path)
     qemu_img.bitmap(disk, "b0", "add")
     sock = tmp_path / "nbd.sock"
-    add_source(bsettings, "nvm", "nbd", url=url(sock), bitmap="b0")
+    add_source(bsettings, "nvm", "nbd", unverified=True, url=url(sock), bitmap="b0")
     repo = luks_repo(bsettings, tmp_path / "repo", key)
     with qemu_nbd(disk, sock, bitmap="b0"):
         backup(bsettings, "nvm", repo)
@@ -481,6 +481,7 @@ def test_encrypted_nbd_source_chain_and_restore_to_nbd(
     qemu_img.create(target, "qcow2", SIZE)
     qemu_io.run(target, "qcow2", [f"write -P 3 0 {SIZE}"])  # old data that must go
     rp = opened(bsettings, second)
+    bsettings.BACKUP_RESTORE_NBD_TARGETS = [str(tmp_path / "restore.sock")]
     with qemu_nbd(target, tmp_path / "restore.sock"):
         out = restore.to_nbd(
             bsettings,
@@ -501,7 +502,7 @@ def test_policy_compression(bsettings: Settings, tmp_path: Path, vm: Path, key: 
     luks_repo(bsettings, tmp_path / "secure", key)
     body = {"name": "zst", "sources": ["vm1"], "repository": "plain", "compression": "zstd"}
     with session_scope(bsettings.DATABASE_URL) as s:
-        assert policies.create(bsettings, s, body).compression == "zstd"
+        assert policies.create(bsettings, s, body)[0].compression == "zstd"
         with pytest.raises(InvalidRepository, match="unencrypted"):
             policies.create(bsettings, s, body | {"name": "bad", "repository": "secure"})
     unpacked = backup(bsettings, "vm1", plain, "full")

@@ -88,3 +88,16 @@ def test_encrypted_repository_api(
     )
     assert plain.status_code == 201
     assert_problem(app_client.post("/api/v1/repositories/plain/rekey", json={}, headers=h), 400)
+
+
+def test_a_null_in_a_repository_patch_changes_nothing(
+    app_client: TestClient, admin_token: str, tmp_path: Path
+) -> None:
+    """Found by schemathesis: an explicit null compression was written to a NOT NULL column."""
+    h = auth(admin_token)
+    body = {"name": "plain", "path": str(tmp_path / "plain"), "compression": "zstd"}
+    assert app_client.post("/api/v1/repositories", json=body, headers=h).status_code == 201
+    nulls = {"compression": None, "encryption": None, "key_file": None, "create_key": None}
+    resp = app_client.patch("/api/v1/repositories/plain", json=nulls, headers=h)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["compression"] == "zstd" and resp.json()["encryption"] == "none"

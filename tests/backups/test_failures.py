@@ -36,7 +36,7 @@ def test_source_vanishes_mid_backup(bsettings: Settings, repo: str, tmp_path: Pa
     disk = create_disk(tmp_path / "vm.qcow2")
     qemu_img.bitmap(disk, "b0", "add")
     sock = tmp_path / "nbd.sock"
-    add_source(bsettings, "nvm", "nbd", url=url(sock), bitmap="b0")
+    add_source(bsettings, "nvm", "nbd", unverified=True, url=url(sock), bitmap="b0")
     with qemu_nbd(disk, sock, bitmap="b0"):
         first = backup(bsettings, "nvm", repo)
     at_first = save(disk, tmp_path / "at-first.qcow2")

@@ -249,7 +249,7 @@ def test_import_path(
     body = assert_problem(api.post("/api/v1/images/import", json={"path": str(evil)}), 422)
     assert body["reason"] == "backing-file"
     assert_problem(api.post("/api/v1/images/import", json={}), 422)
-    nul = assert_problem(api.post("/api/v1/images/import", json={"path": f"{src}\0x"}), 400)
+    nul = assert_problem(api.post("/api/v1/images/import", json={"path": f"{src}\0x"}), 422)
     assert "NUL" in nul["detail"]
 
 

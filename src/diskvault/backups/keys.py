@@ -283,7 +283,8 @@ def update_repository(
     settings: Settings, session: Session, repo: BackupRepository, changes: dict[str, Any]
 ) -> BackupRepository:
     """Compression applies to new points; encryption and its key change only while the
-    repository holds no restore points (then it is a rekey: 409)."""
+    repository holds no restore points (then it is a rekey: 409). A null is no change."""
+    changes = {k: v for k, v in changes.items() if v is not None}
     if "compression" in changes:
         check_combination(changes.get("encryption", repo.encryption), changes["compression"])
         repo.compression = changes["compression"]

@@ -85,6 +85,15 @@ async def upload_image(
     image_type: ImageType | None = Query(None, description="or the 'image_type' form field"),
     format: str | None = Query(None, max_length=16, description="declared format (checked)"),
     target_format: AutoTarget | None = Query(None, description="automatic conversion target"),
+    # Read with the headers by admission.Expected; declared here for the contract.
+    checksum_sha256: str | None = Query(
+        None, max_length=128, description="or X-Checksum-Sha256 (multipart): 64 hex digits"
+    ),
+    checksum_sha256_extents: str | None = Query(
+        None,
+        max_length=128,
+        description="or X-Checksum-Sha256-Extents (sparse stream, docs/images.md)",
+    ),
 ) -> Any:
     """The body streams to TEMP_STORAGE_PATH with its checksum; headers are inspected at once.
 
