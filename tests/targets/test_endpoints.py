@@ -30,6 +30,9 @@ def settings(tmp_path: Path, db_url: str, tgtd: TgtdServer) -> Settings:
         ADMIN_PASSWORD=ADMIN_PASSWORD,
         TGT_CONTROL_PORT=tgtd.control_port,
         ISCSI_PORTAL=tgtd.portal,
+        # The app's scheduler would re-create a target a test removes behind its back
+        # whenever a reconcile tick falls in between (seen under load).
+        TARGET_RECONCILE_INTERVAL_S=3600,
     )
 
 
