@@ -28,7 +28,15 @@ from diskvault.db.engine import session_scope
 from diskvault.jobs.models import Job, JobStatus
 from diskvault.tools import qemu_img
 from support.backups_env import add_repo, add_source, backup, image
-from support.boot_env import BootApp, boot_app, new_mac, read_sector, sha256, write_sector
+from support.boot_env import (
+    BootApp,
+    MakeMachine,
+    boot_app,
+    new_mac,
+    read_sector,
+    sha256,
+    write_sector,
+)
 from support.boot_sectors import MARKER, marker_sector, write_disk, writer_sector
 from support.http import assert_problem
 
@@ -158,6 +166,81 @@ def test_recovered_writes_land_in_the_overlay_and_promote_carries_them(
     assert resp.status_code == 202, resp.text
 
 
+def _wait_ready(lab: BootApp, image_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        row: dict[str, Any] = lab.client.get(
+            f"/api/v1/images/{image_id}", headers=lab.headers
+        ).json()
+        if row["status"] in ("READY", "ERROR", "FAILED"):
+            return row
+        time.sleep(0.2)
+    raise AssertionError(f"image {image_id} did not finish processing")
+
+
+def _promote(lab: BootApp, recovery_id: str, **body: Any) -> dict[str, Any]:
+    url = f"/api/v1/recoveries/{recovery_id}/promote"
+    resp = lab.client.post(url, json=body, headers=lab.headers)
+    assert resp.status_code == 202, resp.text
+    return _wait_job(lab, resp.json()["id"])
+
+
+def _stop_then_boot_machine(lab: BootApp, recovery_id: str, mac: str) -> None:
+    # While the recovery lives, the MAC still boots the restore point.
+    assert "instant recovery" in lab.client.get("/boot/ipxe", params={"mac": mac}).text
+    resp = lab.client.delete(f"/api/v1/recoveries/{recovery_id}", headers=lab.headers)
+    assert resp.status_code == 204, resp.text
+    script = lab.client.get("/boot/ipxe", params={"mac": mac}).text
+    assert "sanboot iscsi:" in script and "instant recovery" not in script, script
+
+
+def test_promote_moves_the_machine_onto_a_new_version_or_image(
+    lab: BootApp, points: Points, golden: tuple[str, Path], make_machine: MakeMachine
+) -> None:
+    image_id, _ = golden
+    machine = make_machine(image_id, mode="keep")
+    machine_disk = writeback.layer_paths(lab.settings, machine["id"]).disk
+    point = points.make(writer_sector())
+    before = _chain_sums(lab, point)
+
+    # A MAC-only recovery has no machine to move.
+    temporary = _boot(lab, point, mac=new_mac()).json()
+    url = f"/api/v1/recoveries/{temporary['id']}/promote"
+    refused = lab.client.post(url, json={"to": "version"}, headers=lab.headers)
+    assert "temporary machine" in assert_problem(refused, 409)["detail"]
+    assert lab.client.delete(url.removesuffix("/promote"), headers=lab.headers).status_code == 204
+
+    # to: version, the new current version of the machine's golden image.
+    rec = _boot(lab, point, machine=machine["name"], mode="keep").json()
+    write_sector(_disk_of(lab, rec["id"]), 1, writer_sector())
+    job = _promote(lab, rec["id"], to="version", comment="pc restored from backup")
+    assert job["status"] == "succeeded", job
+    listed = lab.client.get(f"/api/v1/images/{image_id}/versions", headers=lab.headers).json()
+    current = next(v for v in listed["items"] if v["is_current"])
+    assert current["version"] == job["result"]["version"] > 1
+    assert current["comment"] == "pc restored from backup"
+    _stop_then_boot_machine(lab, rec["id"], machine["mac"])
+    assert read_sector(machine_disk, 0) == writer_sector()
+    assert read_sector(machine_disk, 1) == writer_sector()
+
+    # to: image with switch: the machine now boots the new library image.
+    rec = _boot(lab, point, machine=machine["name"], mode="keep").json()
+    write_sector(_disk_of(lab, rec["id"]), 2, marker_sector())
+    job = _promote(lab, rec["id"], to="image", name="pc-recovered", switch=True)
+    assert job["status"] == "succeeded", job
+    new_image = job["result"]["image_id"]
+    assert _wait_ready(lab, new_image)["format"] == "raw"
+    row = lab.client.get(f"/api/v1/machines/{machine['id']}", headers=lab.headers).json()
+    assert row["image_id"] == new_image
+    _stop_then_boot_machine(lab, rec["id"], machine["mac"])
+    assert read_sector(machine_disk, 0) == writer_sector()
+    assert read_sector(machine_disk, 1) == ZERO  # the point's own sector 1, not the version's
+    assert read_sector(machine_disk, 2) == marker_sector()
+
+    # Nothing was written into the chain.
+    assert _chain_sums(lab, point) == before
+
+
 def test_bad_boot_requests(lab: BootApp, points: Points) -> None:
     point = points.make(marker_sector())
     assert_problem(_boot(lab, point), 422)
@@ -234,11 +317,17 @@ def test_verify_boot_passes_a_good_point_and_fails_a_zeroed_mbr(
     assert "did not boot" in job["error"]
     shot = lab.client.get(shown["boot_screenshot_url"], headers=lab.headers)
     assert shot.status_code == 200 and shot.headers["content-type"] == "image/png"
-    png = verify.screenshot_path(image(lab.settings, bad))
+    png = repo_files.screenshot_path(image(lab.settings, bad))
     assert _png_colours(png) > 1
     assert _chain_sums(lab, bad) == before
     # Nothing left running or on disk.
     assert [p.name for p in verify.work_root(lab.settings).iterdir()] == ["slots"]
+
+    # Deleting the point takes its screenshot with it.
+    resp = lab.client.delete(f"/api/v1/backup/{bad}", headers=lab.headers)
+    assert resp.status_code == 202, resp.text
+    assert _wait_job(lab, resp.json()["id"])["status"] == "succeeded"
+    assert not png.exists()
 
 
 def test_judge() -> None:
@@ -265,7 +354,7 @@ def test_a_silent_guest_fails_with_a_screenshot_and_cancel_leaves_nothing(
     job, shown = _verify(lab, quiet)
     assert job["status"] == "failed"
     assert shown["boot_detail"] == "no console output in 2 s"
-    assert verify.screenshot_path(image(lab.settings, quiet)).stat().st_size > 0
+    assert repo_files.screenshot_path(image(lab.settings, quiet)).stat().st_size > 0
 
     slow = points.make(SILENT, boot_timeout_s=600)
     resp = lab.client.post(f"/api/v1/backup/{slow}/verify-boot", headers=lab.headers)

@@ -306,9 +306,9 @@ def merge_full_forward(settings: Settings, session: Session, points: list[Backup
     )
     new_image = child_image.with_name("full-" + child_image.name.split("-", 1)[1])
     os.link(full_image, new_image)
-    child_map = repo_files.hashmap_path(child_image)
-    if child_map.exists():
-        os.replace(child_map, repo_files.hashmap_path(new_image))
+    for beside in (repo_files.hashmap_path, repo_files.screenshot_path):
+        if beside(child_image).exists():
+            os.replace(beside(child_image), beside(new_image))
     if grandchild is not None:
         gc_image = image_of(session, grandchild)
         qemu_img.rebase(

@@ -63,6 +63,11 @@ def hashmap_path(image: Path) -> Path:
     return image.with_suffix(".hashmap")
 
 
+def screenshot_path(image: Path) -> Path:
+    """The screen of the point's last boot verification, beside its sidecar."""
+    return image.with_name(image.name + ".boot.png")
+
+
 def partial(path: Path) -> Path:
     return path.with_name(path.name + PARTIAL)
 
@@ -110,7 +115,7 @@ def point_files(image: Path) -> list[Path]:
 def delete_point_files(image: Path) -> None:
     files = point_files(image)
     set_immutable(files, on=False)
-    for path in files:
+    for path in (*files, screenshot_path(image)):
         path.unlink(missing_ok=True)
     fsync_dir(image.parent)
 

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.backups import chain as chains
+from diskvault.backups import repository as repo_files
 from diskvault.backups import service as backups
 from diskvault.boot import promote, recovery, verify
 from diskvault.boot.schemas import PromoteRequest, RecoveryOut, RecoveryStart
@@ -77,6 +78,8 @@ def promote_recovery(
         path=body.path,
         fmt=body.format,
         owner=who.username,
+        comment=body.comment,
+        switch=body.switch,
     )
 
 
@@ -112,7 +115,7 @@ def verify_boot(backup_id: str, who: OperatorDep, db: DbDep, settings: SettingsD
 )
 def boot_screenshot(backup_id: str, _: PrincipalDep, db: DbDep) -> Any:
     point = backups.get_backup(db, backup_id)
-    shot = verify.screenshot_path(chains.image_of(db, point)) if point.path else None
+    shot = repo_files.screenshot_path(chains.image_of(db, point)) if point.path else None
     if shot is None or not shot.is_file():
         raise NotFound(f"restore point {backup_id} has no boot screenshot; run verify-boot")
     return FileResponse(shot, media_type="image/png")

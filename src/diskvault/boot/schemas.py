@@ -129,7 +129,16 @@ class RecoveryOut(BaseModel):
 
 class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    to: Literal["image", "file"]
+    to: Literal["image", "file", "version"] = Field(
+        description="image: a new library image; file: a disk file; version: the new current "
+        "version of the recovery's machine's golden image"
+    )
     name: str | None = Field(default=None, pattern=NAME_PATTERN, description="the new image")
+    comment: str | None = Field(default=None, max_length=1000, description="for to: version")
+    switch: bool = Field(
+        default=False,
+        description="to: image only: the recovery's machine boots the new image (with a fresh "
+        "writeback layer) from its first boot after the recovery ends",
+    )
     path: str | None = Field(default=None, max_length=4096, description="a new file (to: file)")
     format: str = Field(default="qcow2", max_length=16)

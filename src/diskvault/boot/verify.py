@@ -33,6 +33,7 @@ from typing import IO, Any
 import structlog
 
 from diskvault.backups import chain as chains
+from diskvault.backups import repository as repo_files
 from diskvault.backups import service as backups
 from diskvault.backups.models import Backup, BackupSource
 from diskvault.boot.errors import BootVerifyFailed, BootVerifyUnavailable
@@ -87,11 +88,6 @@ def judge(console: str, bios: str, pattern: str, *, finished: str | None) -> Ver
 
 def work_root(settings: Settings) -> Path:
     return settings.DATA_DIR / "boot-verify"
-
-
-def screenshot_path(image: Path) -> Path:
-    """Beside the point's sidecar."""
-    return image.with_name(image.name + ".boot.png")
 
 
 def _accel(settings: Settings) -> str:
@@ -263,7 +259,7 @@ def verify_point(
                 work_root(settings) / job_id,
                 pattern=pattern,
                 timeout=timeout or settings.BOOT_VERIFY_TIMEOUT_S,
-                screenshot=screenshot_path(image),
+                screenshot=repo_files.screenshot_path(image),
                 should_cancel=should_cancel,
             )
         except ToolError as exc:

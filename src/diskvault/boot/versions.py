@@ -209,7 +209,7 @@ def expire(settings: Settings, now: datetime | None = None) -> list[tuple[str, i
     return removed
 
 
-def _record(
+def record_version(
     session: Session, machine: Machine, key: str, size: int, ctx: JobContext
 ) -> ImageVersion:
     """Insert the new version as current; the unique (image, version) key settles races."""
@@ -249,6 +249,10 @@ def _record(
     )
 
 
+def new_version_key(image_id: str) -> str:
+    return f"{VERSIONS_DIR}/{image_id}/{secrets.token_hex(8)}.raw"
+
+
 def apply_writeback(ctx: JobContext) -> dict[str, Any]:
     """Job body: merge the machine's layer into a new current version of its image."""
     settings = ctx.settings
@@ -267,7 +271,7 @@ def apply_writeback(ctx: JobContext) -> dict[str, Any]:
     writeback.stop(settings, machine_id)
     overlay = writeback.layer_paths(settings, machine_id).overlay
     size = int(qemu_img.info(overlay, "qcow2", binary=settings.QEMU_IMG_PATH)["virtual-size"])
-    key = f"{VERSIONS_DIR}/{image_id}/{secrets.token_hex(8)}.raw"
+    key = new_version_key(image_id)
     dest = settings.image_dir / key
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = ctx.cleanup_on_failure(dest.with_name(dest.name + ".partial"))
@@ -294,7 +298,7 @@ def apply_writeback(ctx: JobContext) -> dict[str, Any]:
             machine = session.get(Machine, machine_id)
             if machine is None:
                 raise MachineNotFound(id=machine_id)
-            row = _record(session, machine, key, size, ctx)
+            row = record_version(session, machine, key, size, ctx)
             machine.status, machine.error, machine.error_code = MachineStatus.READY, None, None
             machine.reset_pending = True  # its writes are in the new version now
             version = row.version

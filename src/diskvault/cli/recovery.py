@@ -112,18 +112,24 @@ def list_() -> None:
 @app.command()
 def promote(
     recovery: str = typer.Argument(..., help="recovery id, prefix or MAC"),
-    to: str = typer.Option("image", "--to", help="image | file"),
+    to: str = typer.Option("image", "--to", help="image | file | version (of the machine's image)"),
     name: str = typer.Option(None, "--name", help="the new image's name"),
     path: str = typer.Option(None, "--path", help="a new file inside BACKUP_RESTORE_ROOTS"),
     fmt: str = typer.Option("qcow2", "--format"),
+    comment: str = typer.Option(None, "--comment", help="the new version's comment"),
+    switch: bool = typer.Option(
+        False, "--switch", help="the machine boots the new image once the recovery ends"
+    ),
     wait: bool = typer.Option(True, "--wait/--no-wait"),
 ) -> None:
     """Copy restore point + the guest's writes to a new image or file; the guest keeps running.
 
     Example: diskvault recovery promote 52:54:00:12:34:57 --to image --name web1-recovered
+    Example: diskvault recovery promote pc07 --to version --comment "restored 2026-12-03"
     """
     client = Client()
-    body = {"to": to, "name": name, "path": path, "format": fmt}
+    body: dict[str, object] = {"to": to, "name": name, "path": path, "format": fmt}
+    body |= {"comment": comment, "switch": switch}
     job = client.post(f"/api/v1/recoveries/{_recovery(client, recovery)}/promote", json=body)
     final = watch(client, job["id"]) if wait else job
     console.print(f"promoted: {final.get('result') or job['id']}", highlight=False)
