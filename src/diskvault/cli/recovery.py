@@ -22,7 +22,11 @@ app = typer.Typer(
 
 def _recovery(client: Client, ref: str) -> str:
     items = client.get("/api/v1/recoveries", params={"limit": 1000})["items"]
-    hits = [r["id"] for r in items if r["id"].startswith(ref) or r["mac"] == ref.lower()]
+    hits = [
+        r["id"]
+        for r in items
+        if r["id"].startswith(ref) or r["mac"] == ref.lower() or r["machine"] == ref
+    ]
     if len(hits) != 1:
         raise NotFound(f"no single recovery matches {ref!r}; see diskvault recovery list")
     return hits[0]
@@ -111,7 +115,7 @@ def list_() -> None:
 
 @app.command()
 def promote(
-    recovery: str = typer.Argument(..., help="recovery id, prefix or MAC"),
+    recovery: str = typer.Argument(..., help="recovery id, prefix, MAC or machine name"),
     to: str = typer.Option("image", "--to", help="image | file | version (of the machine's image)"),
     name: str = typer.Option(None, "--name", help="the new image's name"),
     path: str = typer.Option(None, "--path", help="a new file inside BACKUP_RESTORE_ROOTS"),
@@ -136,7 +140,9 @@ def promote(
 
 
 @app.command()
-def stop(recovery: str = typer.Argument(..., help="recovery id, prefix or MAC")) -> None:
+def stop(
+    recovery: str = typer.Argument(..., help="recovery id, prefix, MAC or machine name"),
+) -> None:
     """End a recovery and throw the guest's writes away.
 
     Example: diskvault recovery stop 52:54:00:12:34:57
