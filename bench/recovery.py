@@ -7,7 +7,11 @@ For each size: a qcow2 source holding the guest is backed up through a real
 - instant recovery: from ``POST /backup/{id}/boot`` to the guest's iSCSI login
   (the first read follows it at once) and to its marker on the serial port,
   with QEMU PXE-booting through ``/boot/ipxe``;
-- classic: ``POST /backup/{id}/restore`` to a raw file, then QEMU boots that file;
+- classic: ``POST /backup/{id}/restore`` to a raw file, then QEMU boots that file
+  as a local disk (no PXE, no iSCSI);
+- classic, diskless: ``POST /backup/{id}/restore`` into the image library, then a
+  machine on that image PXE-boots it through ``/boot/ipxe`` and iSCSI: the same boot
+  path as instant recovery, so the two differ only in the restore;
 - boot verification of one point, and of 4 points at once.
 
     sudo .venv/bin/python bench/recovery.py                   # 1 GiB and 8 GiB
@@ -87,6 +91,29 @@ def classic(client: Any, server: ServerProcess, point: str, logs: Path) -> tuple
     return restored, total
 
 
+def classic_pxe(client: Any, tftp: Path, point: str, logs: Path) -> tuple[float, float]:
+    started = time.monotonic()
+    body = {"target": "image", "image_name": f"restored-{point[:8]}"}
+    done = job(client, client.post(f"/api/v1/backup/{point}/restore", json=body))
+    assert done["status"] == "succeeded", done
+    image_id = done["result"]["image_id"]
+    while (row := client.get(f"/api/v1/images/{image_id}").json())["status"] != "READY":
+        assert row["status"] != "ERROR", row
+        time.sleep(0.05)
+    restored = time.monotonic() - started
+    body = {"name": "classic", "mac": MAC, "image_id": image_id, "mode": "discard"}
+    resp = client.post("/api/v1/machines", json=body)
+    assert resp.status_code == 201, resp.text
+    vm = pxe_vm(tftp, MAC, logs / "classic-pxe.log").start()
+    try:
+        vm.wait_for_serial(LINUX_MARKER, timeout=300)
+        total = time.monotonic() - started
+    finally:
+        vm.stop()
+    assert client.delete(f"/api/v1/machines/{resp.json()['id']}?force=true").status_code == 204
+    return restored, total
+
+
 def verify_many(client: Any, points: list[str]) -> float:
     started = time.monotonic()
     responses = [client.post(f"/api/v1/backup/{p}/verify-boot") for p in points]
@@ -122,8 +149,10 @@ def measure(size: int, tmp: Path, table: Table) -> None:
                 points += done["result"]["backup_ids"]
             logs = tmp / "logs"
             logs.mkdir(exist_ok=True)
-            login, marker = instant(client, write_tftp(tmp / "tftp", server.port), points[0], logs)
+            tftp = write_tftp(tmp / "tftp", server.port)
+            login, marker = instant(client, tftp, points[0], logs)
             restored, total = classic(client, server, points[0], logs)
+            pxe_restored, pxe_total = classic_pxe(client, tftp, points[0], logs)
             one = verify_many(client, points[:1])
             four = verify_many(client, points)
     finally:
@@ -136,6 +165,10 @@ def measure(size: int, tmp: Path, table: Table) -> None:
     table.add(f"{gib}: instant recovery, API call to marker", marker, ratio(marker, total))
     table.add(f"{gib}: classic restore (raw file)", restored, ratio(restored, total))
     table.add(f"{gib}: classic restore + boot to marker", total, "1.00x")
+    table.add(f"{gib}: classic restore into the library", pxe_restored, ratio(pxe_restored, total))
+    table.add(f"{gib}: classic restore + PXE/iSCSI boot", pxe_total, ratio(pxe_total, total))
+    like = f"{ratio(marker, pxe_total)} of the PXE/iSCSI classic path"
+    table.add(f"{gib}: instant recovery to marker (like for like)", marker, like)
     table.add(f"{gib}: boot verification, 1 point", one, ratio(one, total))
     table.add(f"{gib}: boot verification, {PARALLEL} points at once", four, ratio(four, total))
 

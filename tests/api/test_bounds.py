@@ -53,7 +53,7 @@ def test_nul_in_a_path_is_422(app_client: TestClient, admin_token: str, tmp_path
     assert "path: must not contain a NUL byte" in problem["detail"]
     restore = {"target": "file", "path": "/tmp/x\x00"}
     problem = assert_problem(
-        app_client.post("/api/v1/backup/abc/restore", json=restore, headers=h), 422
+        app_client.post("/api/v1/backup/abcd1234/restore", json=restore, headers=h), 422
     )
     assert "NUL" in problem["detail"]
     imported = {"path": "/srv/\x00.qcow2"}

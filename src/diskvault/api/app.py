@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 
 from diskvault import __version__, web
-from diskvault.api import guard, middleware, options, problems, responses, strict, system
+from diskvault.api import guard, middleware, options, problems, refs, responses, strict, system
 from diskvault.auth import service as auth_service
 from diskvault.config import Settings
 from diskvault.db import migrate
@@ -84,8 +84,9 @@ def create_app(settings: Settings, *, run_startup: bool = True) -> FastAPI:
         version=__version__,
         description="Disk-image library, diskless boot over iSCSI, QCOW2 backups, organizer.",
         lifespan=lifespan,
-        # One place for every route: unknown query parameters refused, common problems declared.
-        dependencies=[Depends(strict.refuse_unknown_query)],
+        # One place for every route: unknown query parameters refused, path ids resolved from
+        # prefixes and names (api/refs.py), common problems declared.
+        dependencies=[Depends(strict.refuse_unknown_query), Depends(refs.resolve_path_refs)],
         responses=responses.COMMON,
     )
     app.state.settings = settings

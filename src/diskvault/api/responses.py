@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from diskvault.api.problems import MEDIA_TYPE
 from diskvault.auth.errors import InvalidCredentials, InvalidToken, MissingToken, RoleRequired
+from diskvault.db.lookup import AmbiguousRef, RefTooShort
 from diskvault.errors import DiskvaultError, PayloadTooLarge
 
 VALIDATION_TYPE = "urn:diskvault:error:validation"
@@ -83,4 +84,5 @@ def problems(*specs: Spec) -> dict[int | str, dict[str, Any]]:
     return out
 
 
-COMMON = problems()  # for the application: routes outside any domain router
+# For the application (so every route): a path id given as an ambiguous or too short prefix.
+COMMON = problems(AmbiguousRef, RefTooShort)

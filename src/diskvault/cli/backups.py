@@ -34,12 +34,8 @@ def _job(client: Client, job: dict[str, Any], wait: bool) -> dict[str, Any]:
 
 
 def _resolve(client: Client, ref: str) -> str:
-    """A full restore point id from a unique prefix (ids are shown 12 characters wide)."""
-    if len(ref) >= 32:
-        return ref
-    items = client.get("/api/v1/backup/list", params={"limit": 1000})["items"]
-    hits = [b["id"] for b in items if b["id"].startswith(ref)]
-    return hits[0] if len(hits) == 1 else ref
+    """A full restore point id from a unique prefix."""
+    return client.full_id("/api/v1/backup", ref)
 
 
 @app.command()

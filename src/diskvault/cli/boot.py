@@ -10,7 +10,6 @@ from diskvault.cli import recovery as recovery_cli
 from diskvault.cli.client import Client
 from diskvault.cli.common import console, print_table
 from diskvault.cli.progress import watch
-from diskvault.errors import NotFound
 
 NAME = "machine"
 app = typer.Typer(
@@ -23,27 +22,14 @@ writeback_app = typer.Typer(
 app.add_typer(writeback_app, name="writeback")
 
 
-def _pick(items: list[dict[str, Any]], ref: str, keys: tuple[str, ...], kind: str) -> str:
-    """The id of the one item whose id, id prefix or one of ``keys`` matches ``ref``."""
-    for key in ("id", *keys):
-        exact = [i for i in items if str(i.get(key, "")).lower() == ref.lower()]
-        if len(exact) == 1:
-            return str(exact[0]["id"])
-    prefixed = [i for i in items if i["id"].startswith(ref)]
-    if len(prefixed) == 1:
-        return str(prefixed[0]["id"])
-    raise NotFound(kind=kind, id=ref)
-
-
 def resolve_image(client: Client, ref: str) -> str:
     """An image id from an id, a unique id prefix or an image name."""
-    items = client.get("/api/v1/images", params={"limit": 1000})["items"]
-    return _pick(items, ref, ("name",), "image")
+    return client.full_id("/api/v1/images", ref)
 
 
 def resolve_machine(client: Client, ref: str) -> str:
-    items = client.get("/api/v1/machines", params={"limit": 1000})["items"]
-    return _pick(items, ref, ("name", "mac"), "machine")
+    """A machine id from an id, a unique id prefix, its name or its MAC."""
+    return client.full_id("/api/v1/machines", ref.lower() if ":" in ref else ref)
 
 
 def _show(m: dict[str, Any]) -> None:

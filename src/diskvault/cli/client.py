@@ -144,6 +144,15 @@ class Client:
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
 
+    def full_id(self, collection: str, ref: str) -> str:
+        """The full id of ``collection``'s object named by ``ref`` (an id, a unique prefix
+        of 4+ characters or a name): the server applies the one rule (db/lookup.py)."""
+        if len(ref) == 32:
+            return ref
+        from urllib.parse import quote
+
+        return str(self.get(f"{collection}/{quote(ref, safe='')}")["id"])
+
     def post(self, path: str, **kw: Any) -> Any:
         return self.request("POST", path, **kw)
 

@@ -64,11 +64,7 @@ def parse_size(text: str) -> int:
 
 
 def _resolve(client: Client, image_id: str) -> str:
-    if len(image_id) >= 32:
-        return image_id
-    items = client.get("/api/v1/images", params={"limit": 1000})["items"]
-    matches = [i["id"] for i in items if i["id"].startswith(image_id)]
-    return str(matches[0]) if len(matches) == 1 else image_id
+    return client.full_id("/api/v1/images", image_id)
 
 
 def _show(image: dict[str, Any]) -> None:

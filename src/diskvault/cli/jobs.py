@@ -47,12 +47,7 @@ def list_(
 
 
 def _resolve(client: Client, job_id: str) -> str:
-    if len(job_id) >= 32:
-        return job_id
-    for j in client.get("/api/v1/jobs", params={"limit": 1000})["items"]:
-        if j["id"].startswith(job_id):
-            return str(j["id"])
-    return job_id
+    return client.full_id("/api/v1/jobs", job_id)
 
 
 @app.command()

@@ -26,12 +26,7 @@ def _start(client: Client, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve(client: Client, op_id: str) -> str:
-    if len(op_id) >= 32:
-        return op_id
-    for op in client.get("/api/v1/operations", params={"limit": 1000})["items"]:
-        if op["id"].startswith(op_id):
-            return str(op["id"])
-    return op_id
+    return client.full_id("/api/v1/operations", op_id)
 
 
 def _finish(client: Client, op_id: str) -> dict[str, Any]:

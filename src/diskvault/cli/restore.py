@@ -51,7 +51,9 @@ def mount(backup_id: str = typer.Option(..., "--backup-id", help="restore point 
 
     Example: diskvault backup mount --backup-id 3f2a9c1e0b7d4c2a9e5f1a2b3c4d5e6f
     """
-    _print_mount(Client().post("/api/v1/restore/mount", json={"backup_id": backup_id}))
+    client = Client()
+    body = {"backup_id": client.full_id("/api/v1/backup", backup_id)}
+    _print_mount(client.post("/api/v1/restore/mount", json=body))
 
 
 def ls(
@@ -95,7 +97,8 @@ def _mounted(client: Client, mount_id: str | None, backup_id: str | None) -> Ite
         return
     if not backup_id:
         raise typer.BadParameter("give --mount MOUNT or --backup-id ID")
-    made = client.post("/api/v1/restore/mount", json={"backup_id": backup_id})["mount_id"]
+    body = {"backup_id": client.full_id("/api/v1/backup", backup_id)}
+    made = client.post("/api/v1/restore/mount", json=body)["mount_id"]
     try:
         yield made
     finally:

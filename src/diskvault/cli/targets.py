@@ -67,8 +67,9 @@ def create(
     """
     if (image is None) == (path is None):
         raise typer.BadParameter("give exactly one of --image and --path", param_hint="--image")
+    client = Client()
     body = {
-        "image_id": image,
+        "image_id": client.full_id("/api/v1/images", image) if image else None,
         "path": path,
         "initiators": initiator,
         "chap": _credentials(chap, "--chap"),
@@ -77,7 +78,7 @@ def create(
         "portal": portal,
         "lun": lun,
     }
-    _show(Client().post("/api/v1/targets", json=body))
+    _show(client.post("/api/v1/targets", json=body))
 
 
 @app.command("list")
