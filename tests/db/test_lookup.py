@@ -8,6 +8,7 @@ from diskvault.config import Settings
 from diskvault.db import lookup
 from diskvault.db.engine import session_scope
 from diskvault.db.migrate import upgrade
+from diskvault.ids import shortest_unique
 from diskvault.images.models import Image, ImageStatus
 
 A = "abcd1234" + "0" * 24
@@ -58,7 +59,7 @@ def test_ambiguous_and_short_prefixes(session_url: str) -> None:
 
 def test_shortest_unique_is_at_least_eight_and_unique() -> None:
     ids = [A, B, C, "abcd1234f" + "0" * 23]
-    shown = lookup.shortest_unique(ids)
+    shown = shortest_unique(ids)
     assert shown[C] == "beef0000"
     assert shown[B] == "abcd9876"
     assert shown[A] == "abcd12340" and shown[ids[3]] == "abcd1234f"

@@ -16,6 +16,7 @@ from diskvault.backups.models import Backup, BackupPolicy, BackupRepository, Bac
 from diskvault.boot.models import Machine, Recovery
 from diskvault.db import lookup
 from diskvault.db.engine import session_scope
+from diskvault.ids import ID_LENGTH
 from diskvault.images.models import Image
 from diskvault.jobs.models import Job
 from diskvault.organizer.models import Operation
@@ -58,7 +59,7 @@ def resolve_path_refs(conn: HTTPConnection) -> None:
     todo = []
     for key, value in params.items():
         found = _model_for(conn.url.path, key)
-        if found is not None and isinstance(value, str) and len(value) != lookup.ID_LENGTH:
+        if found is not None and isinstance(value, str) and len(value) != ID_LENGTH:
             todo.append((key, value, found))
     if not todo:
         return  # full ids (the common case) cost no query

@@ -8,7 +8,7 @@ import typer
 
 from diskvault.cli import recovery as recovery_cli
 from diskvault.cli.client import Client
-from diskvault.cli.common import console, print_table
+from diskvault.cli.common import JSON, QUIET, console, emit, print_table, short_ids
 from diskvault.cli.progress import watch
 
 NAME = "machine"
@@ -75,31 +75,52 @@ def add(
 
 
 @app.command("list")
-def list_(limit: int = typer.Option(200, "--limit")) -> None:
+def list_(
+    limit: int = typer.Option(200, "--limit"), as_json: bool = JSON, quiet: bool = QUIET
+) -> None:
     """List machines.
 
     Example: diskvault machine list
     """
     page = Client().get("/api/v1/machines", params={"limit": limit})
+    emit(page, as_json=as_json, quiet=quiet, human=lambda: _list(page))
+
+
+def _list(page: dict[str, Any]) -> None:
+    ids = short_ids(page["items"])
+    images = short_ids(page["items"], "image_id")
     rows = [
-        (m["name"], m["mac"], m["image_id"][:12], m["mode"], m["status"], m["layer_version"])
+        (
+            ids[m["id"]],
+            m["name"],
+            m["mac"],
+            images[m["image_id"]],
+            m["mode"],
+            m["status"],
+            m["layer_version"],
+        )
         for m in page["items"]
     ]
     print_table(
         f"machines ({page['total']} total)",
-        ["name", "mac", "image", "mode", "status", "version"],
+        ["id", "name", "mac", "image id", "mode", "status", "version"],
         rows,
     )
 
 
 @app.command()
-def show(machine: str = typer.Argument(..., help="name, MAC or id")) -> None:
+def show(
+    machine: str = typer.Argument(..., help="name, MAC or id"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
     """Show a machine, including whether it is booted right now.
 
     Example: diskvault machine show pc-01
     """
     client = Client()
-    _show(client.get(f"/api/v1/machines/{resolve_machine(client, machine)}"))
+    row = client.get(f"/api/v1/machines/{resolve_machine(client, machine)}")
+    emit(row, as_json=as_json, quiet=quiet, human=lambda: _show(row))
 
 
 @app.command("rm")

@@ -41,10 +41,14 @@ class ApiError(DiskvaultError):
 
     title = "API error"
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, body: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.http_status = status
         self.exit_code_value = STATUS_EXIT.get(status, 1)
+        self.body = body  # the server's problem+json, as received
+
+    def problem(self) -> dict[str, Any]:
+        return self.body or {**super().problem(), "status": self.http_status}
 
 
 class NotLoggedIn(DiskvaultError):
@@ -161,13 +165,15 @@ class Client:
 
 
 def api_error(resp: httpx.Response) -> ApiError:
+    body = None
     try:
         body = resp.json()
         detail = body.get("detail") or body.get("title") or resp.reason_phrase
     except ValueError:
         detail = resp.text[:200] or resp.reason_phrase
     detail = cli_hints(str(detail), resp.status_code, resp.request.url.path)
-    return ApiError(resp.status_code, f"{resp.status_code}: {detail}")
+    problem = body if isinstance(body, dict) else None
+    return ApiError(resp.status_code, f"{resp.status_code}: {detail}", problem)
 
 
 # The command a CLI user runs to find ids, per API collection.

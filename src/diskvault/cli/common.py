@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,17 +39,83 @@ console: Console = _LazyConsole()  # type: ignore[assignment]
 err_console: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
 
 
+def __getattr__(name: str) -> Any:
+    """``JSON`` and ``QUIET``: the ``--json`` and ``-q`` options of every list and show
+    command, made on use so that importing this module does not import typer."""
+    import typer
+
+    if name == "JSON":
+        return typer.Option(False, "--json", help="print the API's JSON as it is, for scripts")
+    if name == "QUIET":
+        return typer.Option(False, "-q", "--quiet", help="print only ids, one a line")
+    raise AttributeError(name)
+
+
+# Columns whose values are copied back into commands: never cut, never wrapped.
+WHOLE = frozenset({"id", "iqn", "target", "portal", "path", "mac", "initiator", "mount"})
+
+
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A table at the terminal's width. Ids, IQNs, paths, MACs and portals are printed
+    whole: the other columns wrap to make room, and where even that cannot fit, each row
+    is printed as ``column: value`` lines instead."""
     from rich.table import Table
     from rich.text import Text
 
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    whole = [c.lower() in WHOLE or c.lower().endswith(" id") for c in columns]
+    need = (
+        sum(
+            max([len(c), *(len(r[i]) for r in cells)]) if whole[i] else min(len(c), 8) + 2
+            for i, c in enumerate(columns)
+        )
+        + 3 * len(columns)
+        + 1
+    )
+    if cells and need > console.width:
+        _print_records(title, columns, cells)
+        return
     table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
+    for col, keep in zip(columns, whole, strict=True):
+        table.add_column(col, no_wrap=keep, overflow="fold")
+    for row in cells:
         # Text cells: values such as MACs ("52:54:00:ab:...") must not turn into emoji or markup.
-        table.add_row(*(Text("" if v is None else str(v)) for v in row))
+        table.add_row(*(Text(v) for v in row))
     console.print(table)
+
+
+def _print_records(title: str, columns: Sequence[str], cells: list[list[str]]) -> None:
+    from rich.text import Text
+
+    width = max(len(c) for c in columns)
+    console.print(Text(title, style="italic"))
+    for row in cells:
+        console.print()
+        for col, value in zip(columns, row, strict=True):
+            # soft_wrap: a long path runs on as one line, so it is never cut or split.
+            console.print(Text(f"{col:<{width}}  {value}"), soft_wrap=True)
+
+
+def short_ids(items: Sequence[dict[str, Any]], key: str = "id") -> dict[str, str]:
+    """The listed ids at their shortest unique length (at least 8); each is accepted back."""
+    from diskvault.ids import shortest_unique
+
+    return shortest_unique([str(i[key]) for i in items if i.get(key)])
+
+
+def emit(
+    data: Any, *, as_json: bool, quiet: bool, human: Callable[[], None], key: str = "id"
+) -> None:
+    """``--json``: the API's JSON as it came; ``-q``: ids only, one a line; else ``human``."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    elif quiet:
+        items = data["items"] if isinstance(data, dict) and "items" in data else [data]
+        if isinstance(data, list):
+            items = data
+        sys.stdout.write("".join(f"{i[key]}\n" for i in items if isinstance(i, dict)))
+    else:
+        human()
 
 
 def human_bytes(n: float | None) -> str:

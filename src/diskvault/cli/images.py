@@ -12,11 +12,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import typer
 
 from diskvault.cli.client import Client, Unreachable, api_error, server_path
-from diskvault.cli.common import console, human_bytes, print_table, real
+from diskvault.cli.common import (
+    JSON,
+    QUIET,
+    console,
+    emit,
+    human_bytes,
+    print_table,
+    real,
+    short_ids,
+)
 from diskvault.cli.progress import watch
 from diskvault.cli.sparse import SparseWriter
 from diskvault.errors import BadRequest
@@ -174,6 +184,8 @@ def list_(
     fmt: str = typer.Option(None, "--format", help="raw, qcow2, vhdx, ..."),
     image_type: str = typer.Option(None, "--type", help="system|game|data"),
     limit: int = typer.Option(50, "--limit"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ) -> None:
     """List images, newest first.
 
@@ -184,9 +196,14 @@ def list_(
         if value:
             params[key] = value
     page = Client().get("/api/v1/images", params=params)
+    emit(page, as_json=as_json, quiet=quiet, human=lambda: _list(page))
+
+
+def _list(page: dict[str, Any]) -> None:
+    ids = short_ids(page["items"])
     rows = [
         (
-            i["id"][:12],
+            ids[i["id"]],
             i["name"],
             i["image_type"],
             i["status"],
@@ -204,13 +221,17 @@ def list_(
 
 
 @app.command()
-def show(image_id: str = typer.Argument(..., help="image id (a unique prefix works)")) -> None:
+def show(
+    image_id: str = typer.Argument(..., help="image id, a unique prefix (4+) or the name"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
     """Show one image.
 
     Example: diskvault image show 3f2a9c
     """
-    client = Client()
-    _show(client.get(f"/api/v1/images/{_resolve(client, image_id)}"))
+    image = Client().get(f"/api/v1/images/{quote(image_id, safe='')}")
+    emit(image, as_json=as_json, quiet=quiet, human=lambda: _show(image))
 
 
 def _local_settings() -> Any:
@@ -392,7 +413,11 @@ def remove(
 
 
 @app.command()
-def versions(image: str = typer.Argument(..., help="image id, id prefix or name")) -> None:
+def versions(
+    image: str = typer.Argument(..., help="image id, id prefix or name"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
     """List the versions of a golden image that diskless machines boot.
 
     Example: diskvault image versions win11
@@ -402,6 +427,11 @@ def versions(image: str = typer.Argument(..., help="image id, id prefix or name"
     client = Client()
     image_id = resolve_image(client, image)
     page = client.get(f"/api/v1/images/{image_id}/versions", params={"limit": 1000})
+    human = lambda: _versions(image_id, page)  # noqa: E731
+    emit(page, as_json=as_json, quiet=quiet, human=human, key="version")
+
+
+def _versions(image_id: str, page: dict[str, Any]) -> None:
     rows = [
         (
             v["version"],

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from diskvault.cli.client import Client
-from diskvault.cli.common import console, human_bytes, print_table
+from diskvault.cli.common import JSON, QUIET, console, emit, human_bytes, print_table, short_ids
 from diskvault.cli.progress import watch as watch_job
 
 app = typer.Typer(help="Background jobs. Example: diskvault jobs list --status running")
@@ -16,6 +18,8 @@ def list_(
     status: str = typer.Option(None, "--status", help="queued|running|succeeded|failed|cancelled"),
     kind: str = typer.Option(None, "--kind", help="job kind"),
     limit: int = typer.Option(20, "--limit"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ) -> None:
     """List jobs, newest first.
 
@@ -27,9 +31,14 @@ def list_(
         **({"kind": kind} if kind else {}),
     }
     page = Client().get("/api/v1/jobs", params=params)
+    emit(page, as_json=as_json, quiet=quiet, human=lambda: _list(page))
+
+
+def _list(page: dict[str, Any]) -> None:
+    ids = short_ids(page["items"])
     rows = [
         (
-            j["id"][:12],
+            ids[j["id"]],
             j["kind"],
             j["status"],
             f"{j['percent']:.0f}%",
@@ -48,6 +57,27 @@ def list_(
 
 def _resolve(client: Client, job_id: str) -> str:
     return client.full_id("/api/v1/jobs", job_id)
+
+
+@app.command()
+def show(
+    job_id: str = typer.Argument(..., help="job id or a unique prefix (4+)"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
+    """Show one job: its state, progress, result or error.
+
+    Example: diskvault jobs show 3f2a9c
+    """
+    job = Client().get(f"/api/v1/jobs/{job_id}")
+    emit(job, as_json=as_json, quiet=quiet, human=lambda: _show(job))
+
+
+def _show(job: dict[str, Any]) -> None:
+    fields = ("kind", "status", "percent", "message", "error", "created_at", "finished_at")
+    rows = [(k, job.get(k)) for k in fields if job.get(k) is not None]
+    rows.append(("result", job.get("result") or "-"))
+    print_table(f"job {job['id']}", ["field", "value"], rows)
 
 
 @app.command()

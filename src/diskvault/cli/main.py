@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 
@@ -55,7 +56,10 @@ def main() -> None:
     except DiskvaultError as exc:
         if debug:
             traceback.print_exc()
-        err_console.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        if "--json" in sys.argv:  # a script gets the problem+json body, with the same code
+            print(json.dumps(exc.problem(), indent=2))
+        else:
+            err_console.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         code = exc.exit_code_value if isinstance(exc, ApiError) else exc.exit_code
         sys.exit(code)
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from diskvault.cli.client import Client
-from diskvault.cli.common import console, human_bytes, print_table
+from diskvault.cli.common import JSON, QUIET, console, emit, human_bytes, print_table, short_ids
 from diskvault.cli.progress import watch
 
 NAME = "organize"
@@ -243,6 +243,8 @@ def rollback(op_id: str = typer.Argument(..., help="operation id (prefix works)"
 def list_(
     type_: str = typer.Option(None, "--type", help="scan|dupes|plan|apply|dedupe|import|rollback"),
     limit: int = typer.Option(20, "--limit"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ) -> None:
     """List operations, newest first.
 
@@ -250,12 +252,17 @@ def list_(
     """
     params: dict[str, Any] = {"limit": limit, **({"type": type_} if type_ else {})}
     page = Client().get("/api/v1/operations", params=params)
+    emit(page, as_json=as_json, quiet=quiet, human=lambda: _list(page))
+
+
+def _list(page: dict[str, Any]) -> None:
+    ids = short_ids(page["items"])
     print_table(
         f"operations ({page['total']} total)",
         ["id", "type", "status", "location", "done", "message"],
         [
             (
-                o["id"][:12],
+                ids[o["id"]],
                 o["type"],
                 o["status"],
                 o["location"],
@@ -268,13 +275,20 @@ def list_(
 
 
 @app.command()
-def show(op_id: str = typer.Argument(..., help="operation id (prefix works)")) -> None:
+def show(
+    op_id: str = typer.Argument(..., help="operation id or a unique prefix (4+)"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
     """Show an operation's summary and its files, actions or journal.
 
     Example: diskvault organize show 3f2a9c
     """
     client = Client()
-    op = client.get(f"/api/v1/operations/{_resolve(client, op_id)}")
+    op = client.get(f"/api/v1/operations/{op_id}")
+    if as_json or quiet:
+        emit(op, as_json=as_json, quiet=quiet, human=lambda: None)
+        return
     _summary(op)
     if op["type"] == "dupes":
         _show_dupes(op)

@@ -11,7 +11,7 @@ import typer
 
 from diskvault.cli import backups as backups_cli
 from diskvault.cli.client import Client
-from diskvault.cli.common import console, human_bytes, print_table
+from diskvault.cli.common import JSON, QUIET, console, emit, human_bytes, print_table, short_ids
 from diskvault.cli.progress import watch
 from diskvault.errors import NotFound
 
@@ -74,14 +74,22 @@ def verify_boot(
     console.print(f"{point}: boot {shown['boot_status']} ({shown['boot_detail']})")
 
 
-def show(backup_id: str = typer.Argument(...)) -> None:
+def show(
+    backup_id: str = typer.Argument(..., help="restore point id or a unique prefix (4+)"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
     """Every field of one restore point, its boot verification included.
 
     Example: diskvault backup show 3f2a9c
     """
-    client = Client()
-    point = client.get(f"/api/v1/backup/{backups_cli._resolve(client, backup_id)}")
-    print_table("restore point", ["field", "value"], [(k, str(v)) for k, v in point.items()])
+    point = Client().get(f"/api/v1/backup/{backup_id}")
+    human = lambda: _fields("restore point", point)  # noqa: E731
+    emit(point, as_json=as_json, quiet=quiet, human=human)
+
+
+def _fields(title: str, row: dict[str, Any]) -> None:
+    print_table(title, ["field", "value"], [(k, str(v)) for k, v in row.items()])
 
 
 backups_cli.app.command("boot")(boot)
@@ -90,16 +98,36 @@ backups_cli.app.command("show")(show)
 
 
 @app.command("list")
-def list_() -> None:
+def list_(as_json: bool = JSON, quiet: bool = QUIET) -> None:
     """Live instant recoveries: restore point, machine, overlay size, uptime.
 
     Example: diskvault recovery list
     """
     page = Client().get("/api/v1/recoveries", params={"limit": 1000})
+    emit(page, as_json=as_json, quiet=quiet, human=lambda: _list(page))
+
+
+@app.command("show")
+def show_recovery(
+    recovery: str = typer.Argument(..., help="recovery id, prefix, MAC or machine name"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
+    """Show one live recovery.
+
+    Example: diskvault recovery show 52:54:00:12:34:57
+    """
+    client = Client()
+    row = client.get(f"/api/v1/recoveries/{_recovery(client, recovery)}")
+    emit(row, as_json=as_json, quiet=quiet, human=lambda: _fields(f"recovery {row['id']}", row))
+
+
+def _list(page: dict[str, Any]) -> None:
+    ids, points = short_ids(page["items"]), short_ids(page["items"], "backup_id")
     rows = [
         (
-            r["id"][:12],
-            r["backup_id"][:12],
+            ids[r["id"]],
+            points[r["backup_id"]],
             r["machine"] or "(temporary)",
             r["mac"],
             r["mode"],
@@ -109,7 +137,7 @@ def list_() -> None:
         )
         for r in page["items"]
     ]
-    cols = ["id", "point", "machine", "mac", "mode", "overlay", "uptime", "error"]
+    cols = ["id", "point id", "machine", "mac", "mode", "overlay", "uptime", "error"]
     print_table(f"recoveries ({page['total']})", cols, rows)
 
 

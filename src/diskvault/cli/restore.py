@@ -12,7 +12,7 @@ from typing import Any
 import typer
 
 from diskvault.cli.client import Client, Unreachable, api_error
-from diskvault.cli.common import console, human_bytes, print_table
+from diskvault.cli.common import JSON, QUIET, console, emit, human_bytes, print_table, short_ids
 from diskvault.cli.sparse import SparseWriter
 
 NAME = "restore"
@@ -62,8 +62,10 @@ def ls(
     partition: int | None = PARTITION,
     limit: int = typer.Option(1000, "--limit", help="entries per page"),
     offset: int = typer.Option(0, "--offset"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ) -> None:
-    """List a directory of a mounted restore point.
+    """List a directory of a mounted restore point (``-q``: names only).
 
     Example: diskvault backup ls 9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a /var/www
     """
@@ -72,6 +74,10 @@ def ls(
         f"/api/v1/restore/{mount_id}/files",
         params={k: v for k, v in params.items() if v is not None},
     )
+    emit(page, as_json=as_json, quiet=quiet, human=lambda: _ls(page), key="name")
+
+
+def _ls(page: dict[str, Any]) -> None:
     rows = [
         (
             e["type"],
@@ -168,16 +174,41 @@ def umount(mount_id: str = typer.Argument(..., help="mount id")) -> None:
 
 
 @app.command("list")
-def list_(all_: bool = typer.Option(False, "--all", help="include ended mounts")) -> None:
+def list_(
+    all_: bool = typer.Option(False, "--all", help="include ended mounts"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
     """List restore mounts (active ones unless --all).
 
     Example: diskvault restore list --all
     """
     page = Client().get("/api/v1/restore", params={"all": all_, "limit": 1000})
+    human = lambda: _mounts(page)  # noqa: E731
+    emit(page, as_json=as_json, quiet=quiet, human=human, key="mount_id")
+
+
+@app.command("show")
+def show(
+    mount_id: str = typer.Argument(..., help="mount id or a unique prefix (4+)"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
+    """Show one restore mount and its filesystems.
+
+    Example: diskvault restore show 9d8c7b6a
+    """
+    mount = Client().get(f"/api/v1/restore/{mount_id}")
+    emit(mount, as_json=as_json, quiet=quiet, human=lambda: _print_mount(mount), key="mount_id")
+
+
+def _mounts(page: dict[str, Any]) -> None:
+    ids = short_ids(page["items"], "mount_id")
+    points = short_ids(page["items"], "backup_id")
     rows = [
         (
-            m["mount_id"],
-            m["backup_id"][:12],
+            ids[m["mount_id"]],
+            points[m["backup_id"]],
             m["vm_name"] or "",
             m["status"],
             sum(1 for p in m["partitions"] if p["mounted"]),
@@ -185,7 +216,8 @@ def list_(all_: bool = typer.Option(False, "--all", help="include ended mounts")
         )
         for m in page["items"]
     ]
-    print_table("restore mounts", ["mount", "point", "vm", "status", "mounted fs", "expires"], rows)
+    cols = ["mount", "point id", "vm", "status", "mounted fs", "expires"]
+    print_table("restore mounts", cols, rows)
 
 
 COMMANDS: dict[str, Callable[..., None]] = {

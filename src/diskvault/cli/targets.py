@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from diskvault.cli.client import Client
-from diskvault.cli.common import console, print_table
+from diskvault.cli.common import JSON, QUIET, console, emit, print_table, short_ids
 
 NAME = "target"
 app = typer.Typer(
@@ -85,6 +85,8 @@ def create(
 def list_(
     status: str = typer.Option(None, "--status", help="PENDING|ACTIVE|INACTIVE|ERROR"),
     limit: int = typer.Option(50, "--limit"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
 ) -> None:
     """List targets.
 
@@ -92,15 +94,30 @@ def list_(
     """
     params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
     page = Client().get("/api/v1/targets", params=params)
+    emit(page, as_json=as_json, quiet=quiet, human=lambda: _list(page))
+
+
+def _list(page: dict[str, Any]) -> None:
+    ids = short_ids(page["items"])
     rows = [
-        (t["id"], t["iqn"], t["status"], t["portal"], t["image_id"] or t["path"], t["machine_id"])
+        (ids[t["id"]], t["iqn"], t["status"], t["portal"], t["image_id"] or t["path"])
         for t in page["items"]
     ]
-    print_table(
-        f"targets ({page['total']} total)",
-        ["id", "iqn", "status", "portal", "image/path", "machine"],
-        rows,
-    )
+    print_table(f"targets ({page['total']} total)", ["id", "iqn", "status", "portal", "path"], rows)
+
+
+@app.command()
+def show(
+    target: str = typer.Argument(..., help="target id, a unique prefix (4+) or its IQN"),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
+    """Show one target.
+
+    Example: diskvault target show iqn.2024-01.io.diskvault:win11
+    """
+    row = Client().get(f"/api/v1/targets/{target}")
+    emit(row, as_json=as_json, quiet=quiet, human=lambda: _show(row))
 
 
 @app.command()

@@ -17,10 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from diskvault.errors import Conflict, Unprocessable
+from diskvault.ids import ID_LENGTH, MIN_PREFIX, shortest_unique
 
-ID_LENGTH = 32
-MIN_PREFIX = 4
-SHOWN_LENGTH = 8  # lists show ids at least this long (longer where needed to stay unique)
 _HEX = re.compile(r"[0-9a-f]+")
 _CANDIDATES = 10
 
@@ -60,25 +58,3 @@ def resolve(
         more = " and more" if len(ids) > _CANDIDATES else ""
         raise AmbiguousRef(kind=kind, ref=ref, candidates=shown + more)
     return str(ids[0]) if ids else ref
-
-
-def shortest_unique(ids: list[str], minimum: int = SHOWN_LENGTH) -> dict[str, str]:
-    """Each id cut to the shortest length (at least ``minimum``) that no other id shares."""
-    ordered = sorted(set(ids))
-    out = {}
-    for i, full in enumerate(ordered):
-        common = 0
-        for other in ordered[max(i - 1, 0) : i + 2]:
-            if other != full:
-                common = max(common, _common_prefix(full, other))
-        out[full] = full[: max(minimum, common + 1)]
-    return {i: out[i] for i in ids}
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
