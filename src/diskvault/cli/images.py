@@ -24,10 +24,9 @@ from diskvault.cli.common import (
     emit,
     human_bytes,
     print_table,
-    real,
     short_ids,
 )
-from diskvault.cli.progress import watch
+from diskvault.cli.progress import make_progress, watch
 from diskvault.cli.sparse import SparseWriter
 from diskvault.errors import BadRequest
 
@@ -43,25 +42,7 @@ _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def _bar() -> Progress:
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=real(console),
-    )
+    return make_progress()
 
 
 def parse_size(text: str) -> int:

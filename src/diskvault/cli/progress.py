@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diskvault.cli.client import Client
 from diskvault.cli.common import console, real
 from diskvault.errors import DiskvaultError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 
 class JobFailed(DiskvaultError):
@@ -33,8 +37,11 @@ def bar_position(msg: dict[str, Any]) -> tuple[float, float]:
     return total, done
 
 
-def watch(client: Client, job_id: str, *, quiet: bool = False) -> dict[str, Any]:
-    """Show a progress bar until the job ends; raise JobFailed unless it succeeded."""
+def make_progress(
+    target: Console | None = None, *, message: bool = False, disable: bool = False
+) -> Progress:
+    """One line per task at any terminal width, 80 columns included: the bar takes what
+    the other columns leave, and text is cut with an ellipsis rather than wrapped."""
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -44,20 +51,34 @@ def watch(client: Client, job_id: str, *, quiet: bool = False) -> dict[str, Any]
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
+    from rich.table import Column
+
+    out = real(target or console)
+
+    def cut(ratio: int | None = None) -> Column:
+        return Column(no_wrap=True, overflow="ellipsis", ratio=ratio)
+
+    narrow = out.width < 100
+    columns: list[Any] = [
+        TextColumn("[bold]{task.description}", table_column=cut()),
+        BarColumn(bar_width=None, table_column=Column(ratio=2, min_width=10)),
+        TaskProgressColumn(),
+    ]
+    if not narrow:
+        columns.append(DownloadColumn())
+    columns += [TransferSpeedColumn(), TimeRemainingColumn()]
+    if message:
+        columns.append(TextColumn("{task.fields[message]}", table_column=cut(ratio=1)))
+    return Progress(*columns, console=out, disable=disable, expand=True)
+
+
+def watch(client: Client, job_id: str, *, quiet: bool = False) -> dict[str, Any]:
+    """Show a progress bar until the job ends; raise JobFailed unless it succeeded."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     final: dict[str, Any] | None = None
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[message]}"),
-    ]
-    with Progress(*columns, console=real(console), disable=quiet, transient=False) as bar:
+    with make_progress(message=True, disable=quiet) as bar:
         task = bar.add_task(job_id[:8], total=None, message="")
         try:
             with connect(_ws_url(client, job_id), open_timeout=15) as ws:
