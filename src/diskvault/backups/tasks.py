@@ -70,7 +70,7 @@ def on_run_failed(settings: Settings, job_id: str, params: dict[str, Any], error
         s.execute(delete(DiskLock).where(DiskLock.holder == job_id))
 
 
-@job_kind("backup-run", on_failure=on_run_failed)
+@job_kind("backup-run", on_failure=on_run_failed, rerun=True)
 def backup_run(ctx: JobContext) -> dict[str, Any]:
     p = ctx.params
     policy = None
@@ -133,7 +133,7 @@ def backup_delete(ctx: JobContext) -> dict[str, Any]:
     return {"deleted": ctx.params["backup_id"]}
 
 
-@job_kind("backup-verify", idempotent=True)
+@job_kind("backup-verify", idempotent=True, rerun=True)
 def backup_verify(ctx: JobContext) -> dict[str, Any]:
     vm, disk = _point_disk(ctx.settings, ctx.params["backup_id"])
     with _locked(ctx, vm, disk), session_scope(ctx.settings.DATABASE_URL) as s:
@@ -148,7 +148,7 @@ def backup_verify(ctx: JobContext) -> dict[str, Any]:
     return result
 
 
-@job_kind("backup-restore")
+@job_kind("backup-restore", rerun=True)
 def backup_restore(ctx: JobContext) -> dict[str, Any]:
     p = ctx.params
     vm, disk = _point_disk(ctx.settings, p["backup_id"])
@@ -239,7 +239,7 @@ def _prune(
     return out
 
 
-@job_kind("backup-prune")
+@job_kind("backup-prune", rerun=True)
 def backup_prune(ctx: JobContext) -> dict[str, Any]:
     p = ctx.params
     results = _prune(
@@ -272,7 +272,7 @@ def _copy(ctx: JobContext, source_id: str, target_id: str, vm: str | None) -> di
     return totals
 
 
-@job_kind("backup-copy", idempotent=True)
+@job_kind("backup-copy", idempotent=True, rerun=True)
 def backup_copy(ctx: JobContext) -> dict[str, Any]:
     p = ctx.params
     return _copy(ctx, p["repository_id"], p["target_repository_id"], p.get("vm_name"))

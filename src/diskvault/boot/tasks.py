@@ -40,7 +40,7 @@ def promote_recovery(ctx: JobContext) -> dict[str, Any]:
     return promote.run(ctx)
 
 
-@job_kind(VERIFY_BOOT_JOB, max_attempts=1)
+@job_kind(VERIFY_BOOT_JOB, max_attempts=1, rerun=True)
 def verify_boot(ctx: JobContext) -> dict[str, Any]:
     """Boot a restore point in a throw-away QEMU and record the verdict on it."""
     return verify.verify_point(ctx.settings, ctx.params["backup_id"], ctx.job_id, ctx.should_cancel)

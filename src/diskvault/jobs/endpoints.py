@@ -10,7 +10,7 @@ import anyio
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect, status
 
 from diskvault.api import guard
-from diskvault.api.deps import AdminDep, DbDep, PrincipalDep, SettingsDep
+from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.responses import problems
 from diskvault.config import Settings
@@ -63,6 +63,16 @@ def get_job(job_id: str, _: PrincipalDep, db: DbDep) -> Any:
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(job_id: str, _: PrincipalDep, db: DbDep, settings: SettingsDep) -> Any:
     return service.cancel(db, job_id, settings)
+
+
+@router.post(
+    "/{job_id}/retry",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Start a failed or cancelled job again (a new job, same kind and parameters)",
+)
+def retry_job(job_id: str, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
+    return service.retry(db, settings, job_id, owner=who.username)
 
 
 def job_message(job: Job) -> dict[str, Any]:

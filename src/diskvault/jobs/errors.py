@@ -9,6 +9,10 @@ class JobFinished(Conflict):
     template = "job {id} already ended as {status}; only queued or running jobs can be cancelled"
 
 
+class JobNotRetryable(Conflict):
+    template = "job {id} cannot be retried: {reason}"
+
+
 class UnknownJobKind(DiskvaultError):
     template = "unknown job kind {kind!r}; known kinds: {known}"
     status = 422

@@ -25,6 +25,9 @@ class JobKind:
     on_failure: FailureHook | None = None  # also called when the reaper fails the job
     test_only: bool = False
     on_cancel: FailureHook | None = None  # a queued job cancelled before it ran
+    # A failed or cancelled job of this kind may be started again with the same parameters
+    # (POST /jobs/{id}/retry): each run is checked afresh and creates its own result.
+    rerun: bool = False
 
 
 KINDS: dict[str, JobKind] = {}
@@ -38,9 +41,12 @@ def job_kind(
     on_failure: FailureHook | None = None,
     test_only: bool = False,
     on_cancel: FailureHook | None = None,
+    rerun: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        KINDS[name] = JobKind(name, fn, idempotent, max_attempts, on_failure, test_only, on_cancel)
+        KINDS[name] = JobKind(
+            name, fn, idempotent, max_attempts, on_failure, test_only, on_cancel, rerun
+        )
         return fn
 
     return register

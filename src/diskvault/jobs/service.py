@@ -13,7 +13,13 @@ from diskvault.api.pagination import PageParams, paginate
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope, updated_rows
 from diskvault.jobs import queue, registry
-from diskvault.jobs.errors import HeartbeatLost, JobFinished, JobNotFound, UnknownJobKind
+from diskvault.jobs.errors import (
+    HeartbeatLost,
+    JobFinished,
+    JobNotFound,
+    JobNotRetryable,
+    UnknownJobKind,
+)
 from diskvault.jobs.models import Job, JobStatus
 
 log = structlog.get_logger("diskvault.jobs")
@@ -99,6 +105,23 @@ def cancel(session: Session, job_id: str, settings: Settings | None = None) -> J
                 log.exception("cancel hook raised", job_id=job.id)
             session.refresh(job)
     return job
+
+
+def retry(session: Session, settings: Settings, job_id: str, *, owner: str | None) -> Job:
+    """Start a failed or cancelled job again, as a new job with the same kind and
+    parameters (the old one keeps its error). Only kinds marked ``rerun`` qualify:
+    the others hold domain state (an image, a machine, an organizer operation) that
+    a second run with the same parameters would not find as the first left it."""
+    job = get(session, job_id)
+    if job.status not in (JobStatus.failed, JobStatus.cancelled):
+        reason = f"it is {job.status.value}; only failed or cancelled jobs can"
+        raise JobNotRetryable(id=job_id, reason=reason)
+    if not registry.get_kind(job.kind).rerun:
+        reason = f"a {job.kind} job is started from its object's page or command, not re-run"
+        raise JobNotRetryable(id=job_id, reason=reason)
+    again = submit(settings, job.kind, dict(job.params or {}), node=job.node, owner=owner)
+    log.info("job retried", job_id=job_id, new_job_id=again.id, kind=job.kind)
+    return get(session, again.id)
 
 
 def stats(session: Session, settings: Settings) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response
 
-from diskvault.api.deps import DbDep
+from diskvault.api.deps import DbDep, SettingsDep
 from diskvault.jobs import registry, service
 from diskvault.jobs.models import JobStatus
 from diskvault.web.pages.common import ListDep
@@ -36,7 +36,17 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}")
 def job_detail(request: Request, job_id: str, who: ReaderDep, db: DbDep) -> Response:
-    return render(request, "job_detail.html", who, {"job": service.get(db, job_id)})
+    job = service.get(db, job_id)
+    rerun = job.kind in registry.KINDS and registry.KINDS[job.kind].rerun
+    return render(request, "job_detail.html", who, {"job": job, "rerun": rerun})
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry_job(
+    request: Request, job_id: str, who: OperatorWriterDep, db: DbDep, settings: SettingsDep
+) -> Response:
+    again = service.retry(db, settings, job_id, owner=who.principal.username)
+    return redirect(f"/jobs/{again.id}", ("info", f"Started again as job {again.id[:8]}."))
 
 
 @router.post("/jobs/{job_id}/cancel")
