@@ -21,6 +21,8 @@ from diskvault.auth.errors import (
 from diskvault.auth.models import ApiToken, AuditLog, Role, User
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
+from diskvault.db.listing import Listing
+from diskvault.db.listing import apply as listing_apply
 from diskvault.errors import NotFound
 
 
@@ -257,5 +259,14 @@ def record_audit(
     session.commit()
 
 
-def list_audit(session: Session, params: PageParams) -> tuple[list[AuditLog], int]:
-    return paginate(session, select(AuditLog).order_by(AuditLog.id.desc()), params)
+AUDIT_SORTS: dict[str, Any] = {"time": AuditLog.id, "user": AuditLog.username}
+
+
+def list_audit(
+    session: Session, params: PageParams, listing: Listing | None = None
+) -> tuple[list[AuditLog], int]:
+    stmt = listing_apply(
+        select(AuditLog), listing, sorts=AUDIT_SORTS, default="-time", tiebreak=AuditLog.id,
+        search=(AuditLog.username, AuditLog.action, AuditLog.target),
+    )  # fmt: skip
+    return paginate(session, stmt, params)

@@ -45,6 +45,8 @@ from diskvault.backups.restore import Crypt, check_destination, check_nbd_target
 from diskvault.backups.sources import SOURCES
 from diskvault.backups.verify import chain_to
 from diskvault.config import Settings
+from diskvault.db.listing import Listing
+from diskvault.db.listing import apply as listing_apply
 from diskvault.jobs import service as jobs
 from diskvault.jobs.models import Job
 from diskvault.storage import provider_from_url, redact_url
@@ -294,6 +296,14 @@ def get_backup(session: Session, backup_id: str) -> Backup:
     return row
 
 
+POINT_SORTS: dict[str, Any] = {
+    "created": Backup.created_at,
+    "size": Backup.file_size,
+    "type": Backup.backup_type,
+    "status": Backup.status,
+}
+
+
 def list_backups(
     session: Session,
     page: PageParams,
@@ -301,8 +311,12 @@ def list_backups(
     vm_name: str | None = None,
     repository_id: str | None = None,
     status: BackupStatus | None = None,
+    listing: Listing | None = None,
 ) -> tuple[list[Any], int]:
-    stmt = select(Backup).order_by(Backup.created_at.desc())
+    stmt = listing_apply(
+        select(Backup), listing, sorts=POINT_SORTS, default="-created", tiebreak=Backup.id,
+        search=(Backup.id, Backup.error),
+    )  # fmt: skip
     if vm_name:
         stmt = stmt.where(Backup.vm_name == vm_name)
     if repository_id:

@@ -36,6 +36,8 @@ from diskvault.boot.errors import (
 )
 from diskvault.boot.models import BootSession, Machine, MachineMode, MachineStatus
 from diskvault.config import Settings
+from diskvault.db.listing import Listing
+from diskvault.db.listing import apply as listing_apply
 from diskvault.errors import DiskvaultError, NotFound
 from diskvault.images import service as images
 from diskvault.jobs import service as jobs
@@ -82,10 +84,25 @@ def get_machine(session: Session, machine_id: str) -> Machine:
     return machine
 
 
+MACHINE_SORTS: dict[str, Any] = {
+    "name": Machine.name,
+    "mac": Machine.mac,
+    "status": Machine.status,
+    "booted": Machine.last_boot_at,
+}
+
+
 def list_machines(
-    session: Session, params: PageParams, *, image_id: str | None = None
+    session: Session,
+    params: PageParams,
+    *,
+    image_id: str | None = None,
+    listing: Listing | None = None,
 ) -> tuple[list[Machine], int]:
-    stmt: Select[Any] = select(Machine).order_by(Machine.name)
+    stmt: Select[Any] = listing_apply(
+        select(Machine), listing, sorts=MACHINE_SORTS, default="name", tiebreak=Machine.id,
+        search=(Machine.name, Machine.mac),
+    )  # fmt: skip
     if image_id is not None:
         stmt = stmt.where(Machine.image_id == image_id)
     return paginate(session, stmt, params)

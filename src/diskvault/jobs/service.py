@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 from diskvault.api.pagination import PageParams, paginate
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope, updated_rows
+from diskvault.db.listing import Listing
+from diskvault.db.listing import apply as listing_apply
 from diskvault.jobs import queue, registry
 from diskvault.jobs.errors import (
     HeartbeatLost,
@@ -65,14 +67,26 @@ def get(session: Session, job_id: str) -> Job:
     return job
 
 
+JOB_SORTS: dict[str, Any] = {
+    "created": Job.created_at,
+    "kind": Job.kind,
+    "status": Job.status,
+    "owner": Job.owner,
+}
+
+
 def list_jobs(
     session: Session,
     params: PageParams,
     *,
     kind: str | None = None,
     status: JobStatus | None = None,
+    listing: Listing | None = None,
 ) -> tuple[list[Job], int]:
-    stmt = select(Job).order_by(Job.created_at.desc())
+    stmt = listing_apply(
+        select(Job), listing, sorts=JOB_SORTS, default="-created", tiebreak=Job.id,
+        search=(Job.kind, Job.message, Job.error, Job.owner),
+    )  # fmt: skip
     if kind:
         stmt = stmt.where(Job.kind == kind)
     if status:

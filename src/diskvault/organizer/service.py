@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 from diskvault.api.pagination import PageParams, paginate
 from diskvault.config import Settings
 from diskvault.db.base import new_id
+from diskvault.db.listing import Listing
+from diskvault.db.listing import apply as listing_apply
 from diskvault.jobs import service as jobs
 from diskvault.jobs.models import Job, JobStatus
 from diskvault.organizer.errors import (
@@ -188,10 +190,24 @@ def get(db: Session, op_id: str) -> dict[str, Any]:
     return _out(op, db.get(Job, op_id))
 
 
+OPERATION_SORTS: dict[str, Any] = {
+    "created": Operation.created_at,
+    "type": Operation.type,
+    "location": Operation.location,
+}
+
+
 def list_operations(
-    db: Session, page: PageParams, *, op_type: OperationType | None = None
+    db: Session,
+    page: PageParams,
+    *,
+    op_type: OperationType | None = None,
+    listing: Listing | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    stmt = select(Operation).order_by(Operation.created_at.desc())
+    stmt = listing_apply(
+        select(Operation), listing, sorts=OPERATION_SORTS, default="-created",
+        tiebreak=Operation.id, search=(Operation.location, Operation.destination),
+    )  # fmt: skip
     if op_type is not None:
         stmt = stmt.where(Operation.type == op_type)
     ops, total = paginate(db, stmt, page)

@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from diskvault.api.pagination import PageParams, paginate
 from diskvault.config import Settings
+from diskvault.db.listing import Listing
+from diskvault.db.listing import apply as listing_apply
 from diskvault.domains import optional_module
 from diskvault.errors import Conflict, NotFound, Unprocessable
 from diskvault.targets import manager, secrets
@@ -273,6 +275,14 @@ def get_by_machine(session: Session, machine_id: str) -> Target:
     return target
 
 
+TARGET_SORTS: dict[str, Any] = {
+    "created": Target.created_at,
+    "iqn": Target.iqn,
+    "status": Target.status,
+    "portal": Target.portal,
+}
+
+
 def list_targets(
     session: Session,
     params: PageParams,
@@ -280,8 +290,12 @@ def list_targets(
     status: TargetStatus | None = None,
     machine_id: str | None = None,
     image_id: str | None = None,
+    listing: Listing | None = None,
 ) -> tuple[list[Target], int]:
-    stmt: Select[Any] = select(Target).order_by(Target.created_at, Target.id)
+    stmt: Select[Any] = listing_apply(
+        select(Target), listing, sorts=TARGET_SORTS, default="created", tiebreak=Target.id,
+        search=(Target.iqn, Target.path),
+    )  # fmt: skip
     if status is not None:
         stmt = stmt.where(Target.status == status)
     if machine_id is not None:

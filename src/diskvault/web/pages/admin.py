@@ -18,9 +18,9 @@ router = APIRouter()
 @router.get("/admin")
 def admin(request: Request, who: AdminReaderDep, db: DbDep, lq: ListDep) -> Response:
     users, _ = service.list_users(db, PageParams(limit=500))
-    audit, total = service.list_audit(db, lq.page)
+    audit, total = service.list_audit(db, lq.page, lq.listing())
     context = {
-        **lq.out(audit, total),
+        **lq.sorted_out(audit, total, service.AUDIT_SORTS, "-time"),
         "users": users,
         "tokens": service.list_api_tokens(db, who.principal),
         "roles": ("viewer", "operator", "admin"),

@@ -35,7 +35,7 @@ def source_detail(
     request: Request, name: str, who: ReaderDep, db: DbDep, settings: SettingsDep, lq: ListDep
 ) -> Response:
     source = service.get_source(db, name)
-    points, total = service.list_backups(db, lq.page, vm_name=source.name)
+    points, total = service.list_backups(db, lq.page, vm_name=source.name, listing=lq.listing())
     mounted = overview.mounted_points(db)
     rules = {k: request.query_params.get(k, "") for k in retention.RULES}
     simulation = None
@@ -46,7 +46,7 @@ def source_detail(
             settings, db, repository_id=repo.id, vm=source.name, rules=chosen
         )
     context = {
-        **lq.out(points, total),
+        **lq.sorted_out(points, total, service.POINT_SORTS, "-created"),
         "source": source,
         "chain": svg.chain(service.chain_view(db, source.name, None), mounted),
         "mounted": mounted,

@@ -31,8 +31,11 @@ def _ready_images(db: Any) -> list[Any]:
 
 @router.get("/targets")
 def list_targets(request: Request, who: ReaderDep, db: DbDep, lq: ListDep) -> Response:
-    items, total = targets.list_targets(db, lq.page)
-    context = {**lq.out(items, total), "images": _ready_images(db) if who.can_operate else []}
+    items, total = targets.list_targets(db, lq.page, listing=lq.listing())
+    context = {
+        **lq.sorted_out(items, total, targets.TARGET_SORTS, "created"),
+        "images": _ready_images(db) if who.can_operate else [],
+    }
     return render(request, "targets.html", who, context)
 
 
@@ -105,9 +108,9 @@ def _writeback_bytes(settings: Any, machine_id: str) -> int | None:
 def list_machines(
     request: Request, who: ReaderDep, db: DbDep, settings: SettingsDep, lq: ListDep
 ) -> Response:
-    items, total = machines.list_machines(db, lq.page)
+    items, total = machines.list_machines(db, lq.page, listing=lq.listing())
     context = {
-        **lq.out(items, total),
+        **lq.sorted_out(items, total, machines.MACHINE_SORTS, "name"),
         "writeback": {m.id: _writeback_bytes(settings, m.id) for m in items},
         "states": overview.boot_states(db, [m.id for m in items]),
         "images": _ready_images(db) if who.can_operate else [],

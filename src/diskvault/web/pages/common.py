@@ -9,6 +9,7 @@ from fastapi import Depends, Query
 from pydantic import BaseModel, ValidationError
 
 from diskvault.api.pagination import PageParams
+from diskvault.db.listing import Listing, effective_sort
 from diskvault.errors import BadRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -19,6 +20,15 @@ class ListQuery:
     page: PageParams
     sort: str
     q: str
+
+    def listing(self) -> Listing:
+        return Listing(self.sort, self.q)
+
+    def sorted_out(
+        self, items: list[Any], total: int, sorts: dict[str, Any], default: str
+    ) -> dict[str, Any]:
+        """:meth:`out`, with the key the rows were sorted by (for the header arrows)."""
+        return {**self.out(items, total), "sort": effective_sort(self.listing(), sorts, default)}
 
     def out(self, items: list[Any], total: int) -> dict[str, Any]:
         return {

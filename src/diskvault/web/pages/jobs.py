@@ -23,9 +23,11 @@ def list_jobs(
     kind: str = Query("", max_length=64),
     status: JobStatus | None = Query(None),
 ) -> Response:
-    items, total = service.list_jobs(db, lq.page, kind=kind or None, status=status)
+    items, total = service.list_jobs(
+        db, lq.page, kind=kind or None, status=status, listing=lq.listing()
+    )
     context = {
-        **lq.out(items, total),
+        **lq.sorted_out(items, total, service.JOB_SORTS, "-created"),
         "kind": kind,
         "status": status.value if status else "",
         "statuses": list(JobStatus),

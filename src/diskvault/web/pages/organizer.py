@@ -19,8 +19,9 @@ FORM_FIELDS = ("type", "location", "rules", "plan_id", "strategy", "keep")
 
 @router.get("/organizer")
 def operations(request: Request, who: ReaderDep, db: DbDep, lq: ListDep) -> Response:
-    items, total = service.list_operations(db, lq.page)
-    return render(request, "organizer.html", who, lq.out(items, total))
+    items, total = service.list_operations(db, lq.page, listing=lq.listing())
+    context = lq.sorted_out(items, total, service.OPERATION_SORTS, "-created")
+    return render(request, "organizer.html", who, context)
 
 
 @router.get("/organizer/{op_id}")
