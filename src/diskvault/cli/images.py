@@ -390,59 +390,6 @@ def remove(
     console.print(f"{deleted} {status.upper()} image(s) deleted")
 
 
-# -- versions (diskless boot) -------------------------------------------------
-
-
-@app.command()
-def versions(
-    image: str = typer.Argument(..., help="image id, id prefix or name"),
-    as_json: bool = JSON,
-    quiet: bool = QUIET,
-) -> None:
-    """List the versions of a golden image that diskless machines boot.
-
-    Example: diskvault image versions win11
-    """
-    from diskvault.cli.boot import resolve_image
-
-    client = Client()
-    image_id = resolve_image(client, image)
-    page = client.get(f"/api/v1/images/{image_id}/versions", params={"limit": 1000})
-    human = lambda: _versions(image_id, page)  # noqa: E731
-    emit(page, as_json=as_json, quiet=quiet, human=human, key="version")
-
-
-def _versions(image_id: str, page: dict[str, Any]) -> None:
-    rows = [
-        (
-            v["version"],
-            "*" if v["is_current"] else "",
-            v["created_at"][:19],
-            v["parent_version"] or "",
-            ", ".join(v["used_by"]),
-            v["comment"] or "",
-        )
-        for v in page["items"]
-    ]
-    print_table(
-        f"versions of image {image_id[:12]} (* current)",
-        ["version", "current", "created", "parent", "used by", "comment"],
-        rows,
-    )
-
-
-@app.command()
-def rollback(
-    image: str = typer.Argument(..., help="image id, id prefix or name"),
-    version: int = typer.Argument(..., help="the version to make current"),
-) -> None:
-    """Make an earlier version current; machines boot it from their next boot on.
-
-    Example: diskvault image rollback win11 3
-    """
-    from diskvault.cli.boot import resolve_image
-
-    client = Client()
-    image_id = resolve_image(client, image)
-    client.post(f"/api/v1/images/{image_id}/versions/{version}/rollback")
-    console.print(f"image {image_id[:12]}: version {version} is current")
+# versions and rollback (diskless boot) live in image_versions.py; importing it
+# registers them on this app.
+from diskvault.cli import image_versions  # noqa: E402, F401
