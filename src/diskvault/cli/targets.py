@@ -10,6 +10,7 @@ from diskvault.cli.client import Client
 from diskvault.cli.common import JSON, QUIET, console, emit, print_table, short_ids
 
 NAME = "target"
+_REF = "target id, a unique prefix (4+) or its IQN"
 app = typer.Typer(
     help="iSCSI targets. Example: diskvault target create --image 3f2a9c --initiator "
     "iqn.2024-01.com.example:pc1"
@@ -108,7 +109,7 @@ def _list(page: dict[str, Any]) -> None:
 
 @app.command()
 def show(
-    target: str = typer.Argument(..., help="target id, a unique prefix (4+) or its IQN"),
+    target: str = typer.Argument(..., help=_REF),
     as_json: bool = JSON,
     quiet: bool = QUIET,
 ) -> None:
@@ -121,12 +122,20 @@ def show(
 
 
 @app.command()
-def status(target_id: str = typer.Argument(..., help="target id")) -> None:
+def status(
+    target_id: str = typer.Argument(..., help=_REF),
+    as_json: bool = JSON,
+    quiet: bool = QUIET,
+) -> None:
     """Show live status: present in the backend, connected initiators.
 
-    Example: diskvault target status 3f2a9c0d1e2f43a1b2c3d4e5f6a7b8c9
+    Example: diskvault target status 3f2a9c0d
     """
     live = Client().get(f"/api/v1/targets/{target_id}/status")
+    emit(live, as_json=as_json, quiet=quiet, human=lambda: _status(live))
+
+
+def _status(live: dict[str, Any]) -> None:
     console.print(
         f"{live['iqn']}: {live['status']}, "
         f"{'present' if live['present'] else 'MISSING'} in the backend"
@@ -140,12 +149,12 @@ def status(target_id: str = typer.Argument(..., help="target id")) -> None:
 
 @app.command()
 def rm(
-    target_id: str = typer.Argument(..., help="target id"),
+    target_id: str = typer.Argument(..., help=_REF),
     force: bool = typer.Option(False, "--force", help="delete even while initiators are connected"),
 ) -> None:
     """Delete a target (refused while an initiator is connected, unless --force).
 
-    Example: diskvault target rm 3f2a9c0d1e2f43a1b2c3d4e5f6a7b8c9 --force
+    Example: diskvault target rm 3f2a9c0d --force
     """
     Client().delete(f"/api/v1/targets/{target_id}", params={"force": force})
     console.print(f"target {target_id} deleted")
@@ -153,13 +162,13 @@ def rm(
 
 @app.command()
 def restart(
-    target_id: str = typer.Argument(..., help="target id"),
+    target_id: str = typer.Argument(..., help=_REF),
     force: bool = typer.Option(
         False, "--force", help="restart even while initiators are connected"
     ),
 ) -> None:
     """Delete and re-create the target in the backend.
 
-    Example: diskvault target restart 3f2a9c0d1e2f43a1b2c3d4e5f6a7b8c9
+    Example: diskvault target restart 3f2a9c0d
     """
     _show(Client().post(f"/api/v1/targets/{target_id}/restart", params={"force": force}))
