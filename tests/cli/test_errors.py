@@ -92,3 +92,23 @@ def test_version_and_help_do_not_load_rich_or_httpx() -> None:
         )
         loaded = out.stdout.rsplit("LOADED ", 1)[1].strip()
         assert loaded == repr(allowed), (arg, loaded)
+
+
+def test_an_api_command_loads_httpx_without_its_command_line_client() -> None:
+    """httpx's own CLI (click, rich.syntax, pygments) is a third of an API command's start-up."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; sys.argv = ['diskvault', 'image', 'list']\n"
+        "from diskvault.cli.entry import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('LOADED', sorted(m for m in ('httpx', 'pygments', 'rich.syntax')"
+        " if m in sys.modules))"
+    )
+    env = {**os.environ, "DISKVAULT_URL": "http://127.0.0.1:9", "DISKVAULT_TOKEN": "x"}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert "127.0.0.1:9" in out.stderr  # the request was made (and failed: nothing listens)
+    assert out.stdout.rsplit("LOADED ", 1)[1].strip() == repr(["httpx"]), out.stdout
