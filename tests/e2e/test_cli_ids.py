@@ -32,6 +32,7 @@ WALK = [
     (["image", "list"], ["image", "show"]),
     (["jobs", "list", "--limit", "100"], ["jobs", "show"]),
     (["target", "list"], ["target", "show"]),
+    (["target", "list"], ["target", "status"]),
     (["machine", "list"], ["machine", "show"]),
     (["backup", "list"], ["backup", "show"]),
     (["backup", "chain", "--vm", "vm1"], ["backup", "show"]),
@@ -105,7 +106,7 @@ def _ok(world: tuple[ServerProcess, str, Path], *args: str, columns: int = 200) 
     return out.stdout
 
 
-@pytest.mark.parametrize(("listing", "show"), WALK, ids=[" ".join(w[0][:2]) for w in WALK])
+@pytest.mark.parametrize(("listing", "show"), WALK, ids=[" ".join(w[1]) for w in WALK])
 def test_every_printed_id_is_accepted_back(
     world: tuple[ServerProcess, str, Path], listing: list[str], show: list[str]
 ) -> None:
