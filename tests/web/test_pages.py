@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -21,6 +22,7 @@ from diskvault.backups.models import (
 )
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
+from diskvault.tools import qemu_img
 from support.console import sign_in
 
 
@@ -120,3 +122,31 @@ def test_source_page_draws_every_chain_in_link_order(
     sign_in(app_client)
     html = app_client.get("/backups/vm-a").text
     assert html.count('class="point"') == 6 and html.count('data-kind="full"') == 2
+
+
+def test_sources_and_repositories_are_added_from_the_console(
+    app_client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    csrf = sign_in(app_client)
+    disk = tmp_path / "vm.qcow2"
+    qemu_img.create(disk, "qcow2", 1024 * 1024)
+    form = {"csrf": csrf, "name": "vm-c", "kind": "qcow2", "disks": f"{disk}\n"}
+    resp = app_client.post("/backups/sources", data=form, follow_redirects=False)
+    assert resp.status_code == 303, resp.text
+    assert "Source vm-c added." in app_client.get(resp.headers["location"]).text
+    with session_scope(settings.DATABASE_URL) as s:
+        row = s.scalar(select(BackupSource).where(BackupSource.name == "vm-c"))
+        assert row is not None and row.config == {"disks": [{"path": str(disk)}]}
+    # A missing disk is refused inline with the API's reason, and nothing is added.
+    form = {"csrf": csrf, "name": "vm-d", "kind": "raw", "disks": "/nonexistent/disk.raw"}
+    page = app_client.post("/backups/sources", data=form, headers={"referer": "/backups"})
+    assert "/nonexistent/disk.raw" in page.text, page.text  # the refusal, shown as a message
+    with session_scope(settings.DATABASE_URL) as s:
+        assert s.scalar(select(BackupSource).where(BackupSource.name == "vm-d")) is None
+    form = {"csrf": csrf, "name": "nas", "kind": "local", "path": str(tmp_path / "nas")}
+    resp = app_client.post("/backups/repositories", data=form, follow_redirects=False)
+    assert resp.status_code == 303, resp.text
+    assert "Repository nas added." in app_client.get(resp.headers["location"]).text
+    with session_scope(settings.DATABASE_URL) as s:
+        repo = s.scalar(select(BackupRepository).where(BackupRepository.name == "nas"))
+        assert repo is not None and repo.path == str(tmp_path / "nas")
