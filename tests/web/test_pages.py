@@ -150,3 +150,32 @@ def test_sources_and_repositories_are_added_from_the_console(
     with session_scope(settings.DATABASE_URL) as s:
         repo = s.scalar(select(BackupRepository).where(BackupRepository.name == "nas"))
         assert repo is not None and repo.path == str(tmp_path / "nas")
+
+
+def test_the_version_timeline_shows_parents_current_and_machines(
+    app_client: TestClient, settings: Settings
+) -> None:
+    from diskvault.boot.models import ImageVersion, Machine, MachineMode
+    from support.boot_env import insert_golden
+    from support.boot_sectors import marker_sector
+
+    image_id, _ = insert_golden(settings, marker_sector())
+    with session_scope(settings.DATABASE_URL) as s:
+        for version, parent, current, comment in (
+            (1, None, False, "as imported"),
+            (2, 1, False, "GPU driver"),
+            (3, 1, True, "rebuilt from v1"),
+        ):
+            s.add(ImageVersion(image_id=image_id, version=version, parent_version=parent,
+                               is_current=current, comment=comment))  # fmt: skip
+        s.add(Machine(name="pc-07", mac="52:54:00:00:00:07", image_id=image_id,
+                      mode=MachineMode.keep, initiator_iqn="iqn.2026-01.test:pc07",
+                      node=settings.NODE, layer_version=3))  # fmt: skip
+    sign_in(app_client)
+    page = app_client.get(f"/images/{image_id}").text
+    svg = page[page.index('<svg class="timeline"') : page.index("</svg>", page.index("timeline"))]
+    assert svg.index(">v1<") < svg.index(">v2<") < svg.index(">v3 (current)<")
+    assert svg.count('class="tl-arc"') == 1  # v3 was made from v1, not from v2
+    assert "v3 (current): rebuilt from v1; machines: pc-07" in svg
+    assert "1 machine<" in svg
+    assert "Roll back to v2" in page  # rollback stays next to the timeline
