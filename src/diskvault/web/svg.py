@@ -129,3 +129,14 @@ def timeline(rows: list[tuple[Any, list[str]]]) -> dict[str, Any]:
     ]
     width = max(200, 60 + step * max(0, len(dots) - 1))
     return {"dots": dots, "arcs": arcs, "width": width, "height": 92}
+
+
+def throughput(samples: list[list[float]] | None, w: int = 240, h: int = 40) -> dict[str, Any]:
+    """A job's stored throughput samples ([seconds, bytes/s]) as a polyline."""
+    samples = samples or []
+    if len(samples) < 2:
+        return {"points": "", "peak": 0, "seconds": 0}
+    end = samples[-1][0] or 1
+    peak = max(r for _, r in samples) or 1
+    points = " ".join(f"{w * t / end:.1f},{h - h * r / peak:.1f}" for t, r in samples)
+    return {"points": points, "peak": peak, "seconds": end}
