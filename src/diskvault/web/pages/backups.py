@@ -27,11 +27,13 @@ ALL = PageParams(limit=1000)
 
 
 @router.get("/backups")
-def backups(request: Request, who: ReaderDep, db: DbDep) -> Response:
-    sources, _ = service.list_sources(db, ALL)
+def backups(request: Request, who: ReaderDep, db: DbDep, lq: ListDep) -> Response:
+    sources, total = service.list_sources(db, lq.page, lq.listing())
     repos, _ = service.list_repositories(db, ALL)
     context = {
+        **lq.sorted_out(sources, total, service.SOURCE_SORTS, "name"),
         "sources": sources,
+        "all_sources": service.list_sources(db, ALL)[0] if who.can_operate else [],
         "stats": overview.source_stats(db),
         "repositories": repos,
         "policies": policies.list_policies(db, ALL)[0],
