@@ -64,3 +64,19 @@ def test_the_throttled_last_update_is_written_at_the_end(ctx: JobContext) -> Non
     ctx.progress(5, 10)  # within the throttle interval: held
     ctx.flush_progress()
     assert _row(ctx)[0] == 5
+
+
+def test_throughput_samples_are_stored_and_stay_bounded(ctx: JobContext) -> None:
+    """Issue 16 point 4: the console draws a finished job's throughput from these."""
+    from diskvault.jobs.context import MAX_SAMPLES
+
+    for i in range(1, 2 * MAX_SAMPLES + 10):
+        ctx.progress(i * MiB, 1000 * MiB, force=True)
+    with session_scope(ctx.settings.DATABASE_URL) as s:
+        job = s.get(Job, ctx.job_id)
+        assert job is not None and job.samples
+        samples = job.samples
+    assert 2 <= len(samples) <= MAX_SAMPLES
+    times = [t for t, _ in samples]
+    assert times == sorted(times) and times[0] == 0
+    assert all(rate > 0 for _, rate in samples)

@@ -62,3 +62,18 @@ def test_the_console_offers_retry_for_a_failed_job(
     assert "Started again as job" in new_page and "backup-verify" in new_page
     image_job = _job(settings, "image-process", JobStatus.failed)
     assert f"/jobs/{image_job}/retry" not in app_client.get(f"/jobs/{image_job}").text
+
+
+def test_a_finished_job_shows_its_throughput_chart(
+    app_client: TestClient, settings: Settings
+) -> None:
+    with session_scope(settings.DATABASE_URL) as s:
+        job = Job(kind="backup-run", params={}, status=JobStatus.succeeded)
+        job.samples = [[0.0, 100.0], [1.0, 300.0], [2.0, 200.0]]
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    sign_in(app_client)
+    page = app_client.get(f"/jobs/{job_id}").text
+    assert 'points="0.0,26.7 120.0,0.0 240.0,13.3"' in page
+    assert "Throughput over 2 s, peak 300" in page

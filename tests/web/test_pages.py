@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -21,6 +22,7 @@ from diskvault.backups.models import (
 )
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
+from diskvault.tools import qemu_img
 from support.console import sign_in
 
 
@@ -120,3 +122,60 @@ def test_source_page_draws_every_chain_in_link_order(
     sign_in(app_client)
     html = app_client.get("/backups/vm-a").text
     assert html.count('class="point"') == 6 and html.count('data-kind="full"') == 2
+
+
+def test_sources_and_repositories_are_added_from_the_console(
+    app_client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    csrf = sign_in(app_client)
+    disk = tmp_path / "vm.qcow2"
+    qemu_img.create(disk, "qcow2", 1024 * 1024)
+    form = {"csrf": csrf, "name": "vm-c", "kind": "qcow2", "disks": f"{disk}\n"}
+    resp = app_client.post("/backups/sources", data=form, follow_redirects=False)
+    assert resp.status_code == 303, resp.text
+    assert "Source vm-c added." in app_client.get(resp.headers["location"]).text
+    with session_scope(settings.DATABASE_URL) as s:
+        row = s.scalar(select(BackupSource).where(BackupSource.name == "vm-c"))
+        assert row is not None and row.config == {"disks": [{"path": str(disk)}]}
+    # A missing disk is refused inline with the API's reason, and nothing is added.
+    form = {"csrf": csrf, "name": "vm-d", "kind": "raw", "disks": "/nonexistent/disk.raw"}
+    page = app_client.post("/backups/sources", data=form, headers={"referer": "/backups"})
+    assert "/nonexistent/disk.raw" in page.text, page.text  # the refusal, shown as a message
+    with session_scope(settings.DATABASE_URL) as s:
+        assert s.scalar(select(BackupSource).where(BackupSource.name == "vm-d")) is None
+    form = {"csrf": csrf, "name": "nas", "kind": "local", "path": str(tmp_path / "nas")}
+    resp = app_client.post("/backups/repositories", data=form, follow_redirects=False)
+    assert resp.status_code == 303, resp.text
+    assert "Repository nas added." in app_client.get(resp.headers["location"]).text
+    with session_scope(settings.DATABASE_URL) as s:
+        repo = s.scalar(select(BackupRepository).where(BackupRepository.name == "nas"))
+        assert repo is not None and repo.path == str(tmp_path / "nas")
+
+
+def test_the_version_timeline_shows_parents_current_and_machines(
+    app_client: TestClient, settings: Settings
+) -> None:
+    from diskvault.boot.models import ImageVersion, Machine, MachineMode
+    from support.boot_env import insert_golden
+    from support.boot_sectors import marker_sector
+
+    image_id, _ = insert_golden(settings, marker_sector())
+    with session_scope(settings.DATABASE_URL) as s:
+        for version, parent, current, comment in (
+            (1, None, False, "as imported"),
+            (2, 1, False, "GPU driver"),
+            (3, 1, True, "rebuilt from v1"),
+        ):
+            s.add(ImageVersion(image_id=image_id, version=version, parent_version=parent,
+                               is_current=current, comment=comment))  # fmt: skip
+        s.add(Machine(name="pc-07", mac="52:54:00:00:00:07", image_id=image_id,
+                      mode=MachineMode.keep, initiator_iqn="iqn.2026-01.test:pc07",
+                      node=settings.NODE, layer_version=3))  # fmt: skip
+    sign_in(app_client)
+    page = app_client.get(f"/images/{image_id}").text
+    svg = page[page.index('<svg class="timeline"') : page.index("</svg>", page.index("timeline"))]
+    assert svg.index(">v1<") < svg.index(">v2<") < svg.index(">v3 (current)<")
+    assert svg.count('class="tl-arc"') == 1  # v3 was made from v1, not from v2
+    assert "v3 (current): rebuilt from v1; machines: pc-07" in svg
+    assert "1 machine<" in svg
+    assert "Roll back to v2" in page  # rollback stays next to the timeline

@@ -8,9 +8,9 @@ from fastapi.responses import JSONResponse
 from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.responses import problems
-from diskvault.backups import errors, keys, policies, retention, service
+from diskvault.backups import errors, keys, policies, registration, retention, service
 from diskvault.backups.errors import NotSupportedHere
-from diskvault.backups.models import BackupStatus, SourceKind
+from diskvault.backups.models import BackupStatus
 from diskvault.backups.preview import owner_of
 from diskvault.backups.schemas import (
     BackupOut,
@@ -52,9 +52,7 @@ def _page(items: list[Any], total: int, page: PageParams) -> dict[str, Any]:
 def create_source(body: SourceCreate, _: AdminDep, db: DbDep) -> Any:
     """Each kind takes its own fields (see the request schemas); its disks must exist
     and be readable now, unless ``unverified`` says they cannot be checked yet."""
-    config = body.model_dump(exclude={"name", "kind", "unverified"}, exclude_none=True)
-    kind = SourceKind(body.kind)
-    return service.create_source(db, body.name, kind, config, unverified=body.unverified)
+    return registration.add_source(db, body)
 
 
 @router.get("/sources", response_model=Page[SourceOut])
@@ -78,22 +76,7 @@ def delete_source(name: str, _: AdminDep, db: DbDep) -> Any:
 @router.post("/repositories", response_model=RepositoryOut, status_code=201)
 def create_repository(body: RepositoryCreate, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
     """Add a repository; ``attach: true`` also rebuilds chains from its sidecars."""
-    repo = service.create_repository(
-        settings,
-        db,
-        name=body.name,
-        kind=body.kind,
-        path=body.path,
-        url=body.url,
-        immutability_days=body.immutability_days,
-        encryption=body.encryption,
-        compression=body.compression,
-        key_file=body.key_file,
-        create_key=body.create_key,
-    )
-    paper = getattr(repo, "paper_key", None)
-    if body.attach:
-        service.rescan(db, repo)
+    repo, paper = registration.add_repository(db, settings, body)
     return RepositoryOut.model_validate(repo).model_copy(update={"paper_key": paper})
 
 

@@ -114,8 +114,21 @@ def get_source(session: Session, name: str) -> BackupSource:
     return find_named(session, BackupSource, name, SourceNotFound)
 
 
-def list_sources(session: Session, page: PageParams) -> tuple[list[Any], int]:
-    return paginate(session, select(BackupSource).order_by(BackupSource.name), page)
+SOURCE_SORTS: dict[str, Any] = {
+    "name": BackupSource.name,
+    "kind": BackupSource.kind,
+    "created": BackupSource.created_at,
+}
+
+
+def list_sources(
+    session: Session, page: PageParams, listing: Listing | None = None
+) -> tuple[list[Any], int]:
+    stmt = listing_apply(
+        select(BackupSource), listing, sorts=SOURCE_SORTS, default="name",
+        tiebreak=BackupSource.id, search=(BackupSource.name,),
+    )  # fmt: skip
+    return paginate(session, stmt, page)
 
 
 def delete_source(session: Session, name: str) -> BackupSource:

@@ -20,6 +20,7 @@ from diskvault.jobs.models import Job
 from diskvault.tools.process import Cancelled
 
 PROGRESS_INTERVAL_S = 0.25  # at most ~4 progress writes per second per job
+MAX_SAMPLES = 120  # points of the throughput chart stored with a job
 
 
 class JobContext:
@@ -35,6 +36,8 @@ class JobContext:
         self._last_write = 0.0
         self._rate: float | None = None
         self._last_sample: tuple[float, int] | None = None
+        self._samples: list[list[float]] = []  # [seconds since the first, bytes/s]
+        self._t0: float | None = None
         self._pending: tuple[int | None, int | None, float | None, str | None] | None = None
         self._progress_lock = threading.RLock()
         self._floor_percent = 0.0
@@ -178,6 +181,8 @@ class JobContext:
             values["bytes_done"] = done
             self._update_rate(now, done)
             values["rate_bytes_per_s"] = self._rate
+            if self._rate is not None:
+                values["samples"] = self._sample(now, self._rate)
             if total and self._rate:
                 values["eta_s"] = max(0.0, (total - done) / self._rate)
         if percent is not None:
@@ -195,6 +200,16 @@ class JobContext:
         with self._progress_lock:
             if self._pending is not None:
                 self._emit(*self._pending, force=True)
+
+    def _sample(self, now: float, rate: float) -> list[list[float]]:
+        """Throughput over time for the job's chart, kept to MAX_SAMPLES points by
+        dropping every other one when full (older parts get coarser, never lost)."""
+        if self._t0 is None:
+            self._t0 = now
+        self._samples.append([round(now - self._t0, 1), round(rate)])
+        if len(self._samples) > MAX_SAMPLES:
+            self._samples = self._samples[::2]
+        return list(self._samples)
 
     def _update_rate(self, now: float, done: int) -> None:
         if self._last_sample is not None:

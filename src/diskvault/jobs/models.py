@@ -44,6 +44,8 @@ class Job(IdMixin, Base):
     rate_bytes_per_s: Mapped[float | None] = mapped_column(Float, default=None)
     eta_s: Mapped[float | None] = mapped_column(Float, default=None)
     message: Mapped[str | None] = mapped_column(String(500), default=None)
+    # Throughput over time, [[seconds, bytes/s], ...], for the console's chart.
+    samples: Mapped[list[list[float]] | None] = mapped_column(JSON, default=None)
 
     node: Mapped[str | None] = mapped_column(String(128), default=None)  # bound to a node
     ran_on: Mapped[str | None] = mapped_column(String(128), default=None)

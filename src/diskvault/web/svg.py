@@ -99,3 +99,44 @@ def columns(rows: list[tuple[Any, int, str]], height: int = 80) -> dict[str, Any
         for i, (t, n, kind) in enumerate(rows)
     ]
     return {"cols": cols, "width": max(40, len(rows) * step), "height": height, "top": top}
+
+
+def timeline(rows: list[tuple[Any, list[str]]]) -> dict[str, Any]:
+    """Versions of a golden image left to right: a dot per version, an arc from its
+    parent when that is not the one just before, the current one named in words."""
+    step = 110
+    dots = []
+    by_version = {}
+    for i, (v, users) in enumerate(sorted(rows, key=lambda r: r[0].version)):
+        x = 30 + i * step
+        by_version[v.version] = x
+        label = f"v{v.version}" + (" (current)" if v.is_current else "")
+        dots.append(
+            {
+                "x": x,
+                "label": label,
+                "current": v.is_current,
+                "date": when(v.created_at),
+                "machines": len(users),
+                "title": f"{label}: {v.comment or 'no comment'}; machines: "
+                + (", ".join(users) or "none"),
+            }
+        )
+    arcs = [
+        {"x1": by_version[v.parent_version], "x2": by_version[v.version]}
+        for v, _ in rows
+        if v.parent_version in by_version and v.parent_version != v.version - 1
+    ]
+    width = max(200, 60 + step * max(0, len(dots) - 1))
+    return {"dots": dots, "arcs": arcs, "width": width, "height": 92}
+
+
+def throughput(samples: list[list[float]] | None, w: int = 240, h: int = 40) -> dict[str, Any]:
+    """A job's stored throughput samples ([seconds, bytes/s]) as a polyline."""
+    samples = samples or []
+    if len(samples) < 2:
+        return {"points": "", "peak": 0, "seconds": 0}
+    end = samples[-1][0] or 1
+    peak = max(r for _, r in samples) or 1
+    points = " ".join(f"{w * t / end:.1f},{h - h * r / peak:.1f}" for t, r in samples)
+    return {"points": points, "peak": peak, "seconds": end}

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
 
 from diskvault.api.deps import DbDep, SettingsDep
 from diskvault.api.pagination import PageParams
-from diskvault.backups import policies, retention, service
-from diskvault.backups.schemas import BackupStart, PolicyCreate, RestoreRequest, Retention
+from diskvault.backups import policies, registration, retention, service
+from diskvault.backups.schemas import (
+    BackupStart,
+    PolicyCreate,
+    RepositoryCreate,
+    RestoreRequest,
+    Retention,
+)
 from diskvault.web import overview, svg
-from diskvault.web.pages.common import ListDep, parse
+from diskvault.web.pages.common import InvalidForm, ListDep, checkbox, form_errors, parse
 from diskvault.web.render import back_to, redirect, render
-from diskvault.web.session import OperatorWriterDep, ReaderDep
+from diskvault.web.session import AdminWriterDep, OperatorWriterDep, ReaderDep
 
 router = APIRouter()
 ALL = PageParams(limit=1000)
 
 
 @router.get("/backups")
-def backups(request: Request, who: ReaderDep, db: DbDep) -> Response:
-    sources, _ = service.list_sources(db, ALL)
+def backups(request: Request, who: ReaderDep, db: DbDep, lq: ListDep) -> Response:
+    sources, total = service.list_sources(db, lq.page, lq.listing())
     repos, _ = service.list_repositories(db, ALL)
     context = {
+        **lq.sorted_out(sources, total, service.SOURCE_SORTS, "name"),
         "sources": sources,
+        "all_sources": service.list_sources(db, ALL)[0] if who.can_operate else [],
         "stats": overview.source_stats(db),
         "repositories": repos,
         "policies": policies.list_policies(db, ALL)[0],
@@ -57,6 +68,36 @@ def source_detail(
         "repositories": service.list_repositories(db, ALL)[0],
     }
     return render(request, "backup_source.html", who, context)
+
+
+@router.post("/backups/sources")
+def create_source(who: AdminWriterDep, db: DbDep) -> Response:
+    form = who.form
+    kind = form.get("kind", "")
+    lines = [x.strip() for x in str(form.get("disks", "")).splitlines() if x.strip()]
+    fields: dict[str, Any] = {"name": form.get("name", ""), "kind": kind}
+    fields |= {k: form[k] for k in ("socket", "domain", "uri") if form.get(k)}
+    if lines:
+        fields["disks"] = lines
+    fields["unverified"] = checkbox(form, "unverified")
+    try:
+        body = registration.SOURCE_SCHEMA.validate_python(fields)
+    except ValidationError as exc:
+        raise InvalidForm(form_errors(exc)) from None
+    source = registration.add_source(db, body)
+    return redirect(f"/backups/{source.name}", ("info", f"Source {source.name} added."))
+
+
+@router.post("/backups/repositories")
+def create_repository(who: AdminWriterDep, db: DbDep, settings: SettingsDep) -> Response:
+    form = {**who.form, "create_key": checkbox(who.form, "create_key")}
+    form["attach"] = checkbox(who.form, "attach")
+    body = parse(RepositoryCreate, form)
+    repo, paper = registration.add_repository(db, settings, body)
+    text = f"Repository {repo.name} added."
+    if paper:
+        text += f" Keep this paper key somewhere safe; it is shown once: {paper}"
+    return redirect("/backups", ("info", text))
 
 
 @router.post("/backups/policies")

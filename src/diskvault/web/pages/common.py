@@ -67,10 +67,14 @@ def parse(model: type[M], form: dict[str, Any], **extra: Any) -> M:
     try:
         return model.model_validate({**data, **extra})
     except ValidationError as exc:
-        parts = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()
-        ]
-        raise InvalidForm("; ".join(parts)) from None
+        raise InvalidForm(form_errors(exc)) from None
+
+
+def form_errors(exc: ValidationError) -> str:
+    """The schema's refusals as one line: ``field: why; field: why``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 def _form_int(model: type[BaseModel], name: str, value: Any) -> Any:

@@ -15,6 +15,7 @@ from diskvault.images.schemas import ConvertRequest, ResizeRequest
 from diskvault.images.store import ImageStore
 from diskvault.jobs import service as jobs
 from diskvault.targets import service as targets
+from diskvault.web import svg
 from diskvault.web.pages.common import ListDep, checkbox, parse
 from diskvault.web.render import redirect, render
 from diskvault.web.session import OperatorWriterDep, ReaderDep
@@ -54,14 +55,16 @@ def image_detail(
 ) -> Response:
     image = service.get(db, image_id)
     everything = PageParams(limit=200)
+    rows = [
+        (v, versions.users(db, image.id, v.version))
+        for v in versions.list_versions(db, settings, image.id)
+    ]
     context = {
         "image": image,
         "job": jobs.get(db, image.job_id) if image.job_id else None,
         "in_use": service.usage(db, image.id),
-        "versions": [
-            (v, versions.users(db, image.id, v.version))
-            for v in versions.list_versions(db, settings, image.id)
-        ],
+        "versions": rows,
+        "timeline": svg.timeline(rows),
         "targets": targets.list_targets(db, everything, image_id=image.id)[0],
         "machines": boot_service.list_machines(db, everything, image_id=image.id)[0],
         "convert_formats": ("raw", "qcow2", "vmdk", "vhdx"),

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request, Response
 from diskvault.api.deps import DbDep, SettingsDep
 from diskvault.jobs import registry, service
 from diskvault.jobs.models import JobStatus
+from diskvault.web import svg
 from diskvault.web.pages.common import ListDep
 from diskvault.web.render import back_to, redirect, render
 from diskvault.web.session import OperatorWriterDep, ReaderDep
@@ -40,7 +41,8 @@ def list_jobs(
 def job_detail(request: Request, job_id: str, who: ReaderDep, db: DbDep) -> Response:
     job = service.get(db, job_id)
     rerun = job.kind in registry.KINDS and registry.KINDS[job.kind].rerun
-    return render(request, "job_detail.html", who, {"job": job, "rerun": rerun})
+    chart = svg.throughput(job.samples)
+    return render(request, "job_detail.html", who, {"job": job, "rerun": rerun, "chart": chart})
 
 
 @router.post("/jobs/{job_id}/retry")
