@@ -46,10 +46,14 @@ def _print_mount(mount: dict[str, Any]) -> None:
     print_table("partitions", cols, rows)
 
 
-def mount(backup_id: str = typer.Option(..., "--backup-id", help="restore point id")) -> None:
+def mount(
+    backup_id: str = typer.Option(
+        ..., "--backup-id", help="restore point id or a unique prefix (4+)"
+    ),
+) -> None:
     """Mount a restore point read-only; prints the mount id and its partitions.
 
-    Example: diskvault backup mount --backup-id 3f2a9c1e0b7d4c2a9e5f1a2b3c4d5e6f
+    Example: diskvault backup mount --backup-id 3f2a9c1e
     """
     client = Client()
     body = {"backup_id": client.full_id("/api/v1/backup", backup_id)}

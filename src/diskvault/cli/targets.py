@@ -47,7 +47,9 @@ def _show(target: dict[str, Any]) -> None:
 
 @app.command()
 def create(
-    image: str = typer.Option(None, "--image", help="id of a READY raw image"),
+    image: str = typer.Option(
+        None, "--image", help="a READY raw image: id, unique prefix (4+) or name"
+    ),
     path: str = typer.Option(
         None, "--path", help="instead of --image: a writeback layer under DISKVAULT_WRITEBACK_PATH"
     ),
