@@ -112,3 +112,14 @@ def test_an_api_command_loads_httpx_without_its_command_line_client() -> None:
     )
     assert "127.0.0.1:9" in out.stderr  # the request was made (and failed: nothing listens)
     assert out.stdout.rsplit("LOADED ", 1)[1].strip() == repr(["httpx"]), out.stdout
+
+
+def test_https_servers_are_still_verified() -> None:
+    """Plain http skips building a TLS context (CA bundle load); https keeps verifying."""
+    import ssl
+
+    from diskvault.cli.client import Client
+
+    secure = Client("https://vault.example.com", token="x").http
+    ctx = secure._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname

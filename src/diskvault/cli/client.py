@@ -120,7 +120,9 @@ class Client:
         self.token = token or os.environ.get("DISKVAULT_TOKEN") or cfg.get("token")
         import httpx
 
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        # Plain http needs no TLS context; making one loads the CA bundle (~90 ms a command).
+        tls = self.url.startswith("https://")
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, verify=tls)
 
     def _headers(self, auth: bool) -> dict[str, str]:
         if not auth:
