@@ -179,7 +179,7 @@ def test_cli_upload_download_and_remove(
     assert image["details"]["client_checksum"] == "sha256-extents-v1"  # the CLI sent it
     assert image["source_digest"] == reference_digest(src.read_bytes())
     listed = _cli(srv, token, "image", "list", "--status", "READY", cwd=tmp_path)
-    assert listed.returncode == 0 and image_id[:12] in listed.stdout
+    assert listed.returncode == 0 and image_id[:8] in listed.stdout  # shortest unique, 8+
     out = tmp_path / "cli.raw"
     down = _cli(srv, token, "image", "download", image_id[:10], "-o", str(out), cwd=tmp_path)
     assert down.returncode == 0, down.stderr

@@ -8,7 +8,16 @@ import typer
 
 from diskvault.cli import policy_preview as _policies
 from diskvault.cli.client import Client
-from diskvault.cli.common import JSON, QUIET, console, emit, human_bytes, print_table, short_ids
+from diskvault.cli.common import (
+    JSON,
+    QUIET,
+    console,
+    emit,
+    human_bytes,
+    print_table,
+    short_ids,
+    show_object,
+)
 
 repo_app = typer.Typer(help="Backup repositories. Example: diskvault backup repo list")
 policy_app = typer.Typer(help="Backup policies. Example: diskvault backup policy list")
@@ -97,12 +106,7 @@ def repo_show(
 
     Example: diskvault backup repo show default
     """
-    row = Client().get(f"/api/v1/repositories/{repo}")
-    emit(row, as_json=as_json, quiet=quiet, human=lambda: _fields(f"repository {repo}", row))
-
-
-def _fields(title: str, row: dict[str, Any]) -> None:
-    print_table(title, ["field", "value"], [(k, str(v)) for k, v in row.items()])
+    show_object(f"/api/v1/repositories/{repo}", f"repository {repo}", as_json=as_json, quiet=quiet)
 
 
 def _repo_list(page: dict[str, Any]) -> None:
@@ -207,8 +211,7 @@ def policy_show(
 
     Example: diskvault backup policy show nightly
     """
-    row = Client().get(f"/api/v1/policies/{policy}")
-    emit(row, as_json=as_json, quiet=quiet, human=lambda: _fields(f"policy {policy}", row))
+    show_object(f"/api/v1/policies/{policy}", f"policy {policy}", as_json=as_json, quiet=quiet)
 
 
 def _policy_list(page: dict[str, Any]) -> None:
@@ -300,8 +303,7 @@ def source_show(
 
     Example: diskvault source show web1
     """
-    row = Client().get(f"/api/v1/sources/{source}")
-    emit(row, as_json=as_json, quiet=quiet, human=lambda: _fields(f"source {source}", row))
+    show_object(f"/api/v1/sources/{source}", f"source {source}", as_json=as_json, quiet=quiet)
 
 
 # File-level restore lives in its own domain; its verbs also belong under `backup`.

@@ -96,6 +96,19 @@ def _print_records(title: str, columns: Sequence[str], cells: list[list[str]]) -
             console.print(Text(f"{col:<{width}}  {value}"), soft_wrap=True)
 
 
+def print_fields(title: str, row: dict[str, Any]) -> None:
+    """One object as a two-column table, every field the API gave."""
+    print_table(title, ["field", "value"], [(k, str(v)) for k, v in row.items()])
+
+
+def show_object(path: str, title: str, *, as_json: bool, quiet: bool) -> None:
+    """``show`` for kinds without a page of their own: GET ``path``, then print it."""
+    from diskvault.cli.client import Client
+
+    row = Client().get(path)
+    emit(row, as_json=as_json, quiet=quiet, human=lambda: print_fields(title, row))
+
+
 def short_ids(items: Sequence[dict[str, Any]], key: str = "id") -> dict[str, str]:
     """The listed ids at their shortest unique length (at least 8); each is accepted back."""
     from diskvault.ids import shortest_unique

@@ -11,7 +11,16 @@ import typer
 
 from diskvault.cli import backups as backups_cli
 from diskvault.cli.client import Client
-from diskvault.cli.common import JSON, QUIET, console, emit, human_bytes, print_table, short_ids
+from diskvault.cli.common import (
+    JSON,
+    QUIET,
+    console,
+    emit,
+    human_bytes,
+    print_table,
+    short_ids,
+    show_object,
+)
 from diskvault.cli.progress import watch
 from diskvault.errors import NotFound
 
@@ -83,13 +92,7 @@ def show(
 
     Example: diskvault backup show 3f2a9c
     """
-    point = Client().get(f"/api/v1/backup/{backup_id}")
-    human = lambda: _fields("restore point", point)  # noqa: E731
-    emit(point, as_json=as_json, quiet=quiet, human=human)
-
-
-def _fields(title: str, row: dict[str, Any]) -> None:
-    print_table(title, ["field", "value"], [(k, str(v)) for k, v in row.items()])
+    show_object(f"/api/v1/backup/{backup_id}", "restore point", as_json=as_json, quiet=quiet)
 
 
 backups_cli.app.command("boot")(boot)
@@ -117,9 +120,8 @@ def show_recovery(
 
     Example: diskvault recovery show 52:54:00:12:34:57
     """
-    client = Client()
-    row = client.get(f"/api/v1/recoveries/{_recovery(client, recovery)}")
-    emit(row, as_json=as_json, quiet=quiet, human=lambda: _fields(f"recovery {row['id']}", row))
+    path = f"/api/v1/recoveries/{_recovery(Client(), recovery)}"
+    show_object(path, f"recovery {recovery}", as_json=as_json, quiet=quiet)
 
 
 def _list(page: dict[str, Any]) -> None:
