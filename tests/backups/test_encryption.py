@@ -29,23 +29,10 @@ from diskvault.tools import qemu_img, qemu_io
 from diskvault.tools.qsd import QsdServer
 from support.backups_env import add_repo, add_source, backup, image, point, save
 from support.backups_servers import qemu_nbd, url
+from support.crypto_env import MARKER, has_marker, make_key, marked_disk, opened, same_as
 
 MiB = 1024 * 1024
 SIZE = 16 * MiB
-MARKER = b"DV-GUEST-MARKER-7f3a9c"
-
-
-def marked_disk(path: Path, tmp: Path) -> Path:
-    """A qcow2 whose data repeats a marker string (text-like, so it compresses)."""
-    raw = tmp / f"{path.stem}.seed"
-    with open(raw, "wb") as fh:
-        fh.truncate(SIZE)
-        for offset in range(0, SIZE // 2, MiB):
-            fh.seek(offset)
-            fh.write((MARKER + b" some guest text\n") * 4096)
-    qemu_img.convert(raw, "raw", path, "qcow2")
-    raw.unlink()
-    return path
 
 
 def rewrite(disk: Path, tmp: Path, offset: int, seed: int) -> None:
@@ -60,37 +47,8 @@ def rewrite(disk: Path, tmp: Path, offset: int, seed: int) -> None:
     )
 
 
-def make_key(path: Path) -> Path:
-    keys.create(path)
-    return path
-
-
 def luks_repo(settings: Settings, path: Path, key: Path, **kw: object) -> str:
     return add_repo(settings, "secure", path, encryption="luks", key_file=str(key), **kw)
-
-
-def opened(settings: Settings, backup_id: str) -> service.RestorePoint:
-    with session_scope(settings.DATABASE_URL) as s:
-        return service.restore_point(s, backup_id)
-
-
-def same_as(settings: Settings, backup_id: str, saved: Path) -> bool:
-    rp = opened(settings, backup_id)
-    assert rp.crypt is not None
-    return qemu_img.compare(
-        rp.crypt.source(rp.image), saved, "qcow2", "qcow2", objects=rp.crypt.key.objects()
-    )
-
-
-def has_marker(*roots: Path) -> list[Path]:
-    found = []
-    for root in roots:
-        for path in root.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                with open(path, "rb") as fh:
-                    if MARKER in fh.read():
-                        found.append(path)
-    return found
 
 
 @pytest.fixture
@@ -100,7 +58,7 @@ def key(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def vm(bsettings: Settings, tmp_path: Path) -> Path:
-    disk = marked_disk(tmp_path / "vm1.qcow2", tmp_path)
+    disk = marked_disk(tmp_path / "vm1.qcow2", tmp_path, SIZE)
     add_source(bsettings, "vm1", "qcow2", disks=[str(disk)])
     return disk
 

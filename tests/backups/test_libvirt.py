@@ -3,6 +3,7 @@ the guest "writes" through QEMU's own qemu-io on the disk device's backend."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from diskvault.backups.models import BackupType
+from diskvault.backups.sources.libvirt import SHARE_ROOT
 from diskvault.config import Settings
-from diskvault.tools import qemu_io
+from diskvault.tools import qemu_img, qemu_io
 from support.backups_env import (
     add_repo,
     add_source,
@@ -26,6 +28,7 @@ from support.backups_env import (
     same,
     save,
 )
+from support.crypto_env import has_marker, make_key, marked_disk, same_as
 
 URI = "qemu:///system"
 MiB = 1024 * 1024
@@ -84,7 +87,13 @@ def workdir() -> Iterator[Path]:
 @pytest.fixture
 def domain(libvirtd: None, workdir: Path) -> Iterator[tuple[str, Path]]:
     disk = create_disk(workdir / "d0.qcow2", size=SIZE)
-    shadow = save(disk, workdir / "shadow.qcow2")  # the same writes, applied offline
+    with running(disk) as name:
+        yield name, save(disk, workdir / "shadow.qcow2")  # the same writes, applied offline
+
+
+@contextlib.contextmanager
+def running(disk: Path) -> Iterator[str]:
+    workdir = disk.parent
     name = f"dv-test-{uuid.uuid4().hex[:8]}"
     xml = workdir / "domain.xml"
     xml.write_text(
@@ -96,7 +105,7 @@ def domain(libvirtd: None, workdir: Path) -> Iterator[tuple[str, Path]]:
     )
     virsh("create", str(xml))
     try:
-        yield name, shadow
+        yield name
     finally:
         subprocess.run(["virsh", "-c", URI, "destroy", name], capture_output=True, timeout=60)
 
@@ -138,3 +147,64 @@ def test_libvirt_checkpoints_full_and_incrementals(
     nxt = point(bsettings, backup(bsettings, "lvm", repo))
     assert nxt.backup_type == BackupType.full and "checkpoint" in (nxt.reason or "")
     assert same(image(bsettings, nxt.id), shadow)
+
+
+@pytest.mark.parametrize("storage", ["luks", "zstd"])
+def test_libvirt_into_encrypting_and_compressing_repositories(
+    bsettings: Settings, libvirtd: None, workdir: Path, tmp_path: Path, storage: str
+) -> None:
+    """Pull mode: diskvault's own QEMU writes the points, so a libvirt domain gets the
+    repository's encryption or compression like any other source, and the repository
+    never has to be reachable by the domain's QEMU user."""
+    disk = marked_disk(workdir / "d0.qcow2", tmp_path, SIZE)
+    shadow = save(disk, workdir / "shadow.qcow2")
+    root = tmp_path / "repo"  # pytest's tmp dirs are 0700 root: QEMU's user cannot reach it
+    if storage == "luks":
+        key = make_key(tmp_path / "repo.key")
+        repo = add_repo(bsettings, "lv", root, encryption="luks", key_file=str(key))
+    else:
+        repo = add_repo(bsettings, "lv", root, compression="zstd")
+    with running(disk) as name:
+        add_source(bsettings, "lvm", "libvirt", domain=name)
+        ids, saved = [], []
+        for n in range(3):
+            if n:
+                guest_write(name, shadow, seed=n)
+            ids.append(backup(bsettings, "lvm", repo))
+            saved.append(save(shadow, tmp_path / f"saved-{n}.qcow2"))
+        assert virsh("checkpoint-list", name, "--name").split() == [f"dv-{ids[-1]}"]
+    rows = [point(bsettings, i) for i in ids]
+    assert [r.backup_type for r in rows] == ["full", "incremental", "incremental"]
+    assert rows[1].bytes_transferred < 0.2 * SIZE
+    for backup_id, copy in zip(ids, saved, strict=True):
+        info = qemu_img.info(image(bsettings, backup_id), "qcow2")
+        if storage == "luks":
+            assert info["encrypted"] is True and same_as(bsettings, backup_id, copy)
+        else:
+            assert info["format-specific"]["data"]["compression-type"] == "zstd"
+            assert same(image(bsettings, backup_id), copy), backup_id
+    if storage == "zstd":
+        for backup_id in ids:
+            assert qemu_img.check(image(bsettings, backup_id), "qcow2")["compressed-clusters"] > 0
+    assert (has_marker(root, bsettings.temp_dir) == []) == (storage == "luks")
+    assert not list(Path(SHARE_ROOT).glob("diskvault-*")), "socket and scratch dirs are removed"
+
+
+def test_a_pull_job_left_by_a_killed_worker_is_ended(
+    bsettings: Settings, workdir: Path, domain: tuple[str, Path], tmp_path: Path
+) -> None:
+    name, shadow = domain
+    stale = Path(tempfile.mkdtemp(prefix="diskvault-stale-", dir=SHARE_ROOT))
+    shutil.chown(stale, "libvirt-qemu", "libvirt-qemu")
+    xml = tmp_path / "backup.xml"
+    xml.write_text(
+        "<domainbackup mode='pull'>"
+        f"<server transport='unix' socket='{stale}/nbd.sock'/>"
+        f"<disks><disk name='vda' type='file'><scratch file='{stale}/s.qcow2'/></disk></disks>"
+        "</domainbackup>"
+    )
+    virsh("backup-begin", name, str(xml))
+    repo = add_repo(bsettings, "lv", tmp_path / "repo")
+    add_source(bsettings, "lvm", "libvirt", domain=name)
+    assert same(image(bsettings, backup(bsettings, "lvm", repo)), shadow)
+    shutil.rmtree(stale, ignore_errors=True)

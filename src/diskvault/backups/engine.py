@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from diskvault.backups import chain as chains
 from diskvault.backups import checksums, keys
 from diskvault.backups import repository as repo_files
-from diskvault.backups.errors import NotSupportedHere, RepositoryFull, SourceNotFound
+from diskvault.backups.errors import RepositoryFull, SourceNotFound
 from diskvault.backups.locks import disk_lock, lock_key
 from diskvault.backups.models import (
     Backup,
@@ -214,11 +214,6 @@ def _locked(
         assert repo is not None and repo.path is not None
         root = Path(repo.path)
         storage = _storage(repo, req)
-        if storage != Storage() and source.kind == "libvirt":
-            raise NotSupportedHere(
-                f"repository {repo.name} encrypts or compresses, which libvirt's push-mode "
-                "backup cannot do here; back the domain up through its QMP socket (kind qmp)"
-            )
         directory = repo_files.disk_dir(root, req.vm_name, disk)
         directory.mkdir(parents=True, exist_ok=True)
         repo_files.remove_partials(directory)

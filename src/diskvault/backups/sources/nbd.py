@@ -64,13 +64,13 @@ class NbdSession:
             size = nbd.export_size(self.url)
         except nbd.NbdError as exc:
             raise self._unavailable(exc.stderr) from exc
-        problem = self._read_bitmap()
+        problem = self.read_bitmap()
         if want == "full":
             return Plan("full", size)
         reason = common_reason(previous, size) or problem or self._previous_problem(previous)
         return Plan("full", size, reason) if reason else Plan("incremental", size)
 
-    def _read_bitmap(self) -> str | None:
+    def read_bitmap(self) -> str | None:
         if not self.bitmap:
             return "the source has no dirty bitmap configured, so every backup reads it all"
         try:
