@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 .PHONY: run test lint deps system-deps clean bench fuzz settings-doc
 
 deps: system-deps $(STAMP)
+	@./scripts/link-debian-bindings $(VENV) >/dev/null
 
 system-deps:
 	@./scripts/install-system-deps
