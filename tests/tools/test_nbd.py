@@ -1,14 +1,15 @@
-"""nbdinfo extent maps of a QSD NBD export that publishes a dirty bitmap."""
+"""libnbd extent maps of a QSD NBD export that publishes a dirty bitmap."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from diskvault.tools import nbd
-from diskvault.tools.process import run
+from diskvault.tools.process import ToolTimeout, run
 from diskvault.tools.qsd import QsdServer
 
 MiB = 1024 * 1024
@@ -49,3 +50,18 @@ def test_dirty_extents_follow_writes(export: str) -> None:
     assert sum(e.length for e in allocated) == 8 * MiB
     data = [(e.offset, e.length) for e in allocated if not e.type & 2]
     assert data == dirty
+
+
+def test_an_unoffered_context_is_a_clear_error(export: str) -> None:
+    with pytest.raises(nbd.NbdError, match="does not offer metadata context qemu:dirty-bitmap:no"):
+        nbd.dirty_extents(export, "nope")
+
+
+def test_a_server_that_never_speaks_times_out() -> None:
+    """libnbd's own connect has no timeout; the module's deadline bounds it."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"nbd://127.0.0.1:{silent.getsockname()[1]}/x"
+        with pytest.raises(ToolTimeout):
+            nbd.export_size(url, timeout=0.5)
