@@ -77,7 +77,8 @@ class _Client:
             raise NbdError(
                 stderr=f"{self.url}: the export does not offer metadata context {context}"
             )
-        size, offset, out = self.size(), 0, []
+        size, offset = self.size(), 0
+        out: list[Extent] = []
         got: list[tuple[int, int]] = []
 
         def extent(meta: str, start: int, entries: list[int], err: object) -> int:
