@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from diskvault.fsutil import PARTIAL_SUFFIX
 from diskvault.storage import (
     InvalidKey,
     LocalStorageProvider,
     ObjectNotFound,
     StorageFull,
 )
-from diskvault.storage.base import PARTIAL_SUFFIX
 
 MiB = 1024 * 1024
 

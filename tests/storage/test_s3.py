@@ -9,8 +9,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from diskvault.fsutil import PARTIAL_SUFFIX
 from diskvault.storage import ObjectNotFound, S3StorageProvider
-from diskvault.storage.base import PARTIAL_SUFFIX
 
 MiB = 1024 * 1024
 

@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import xxhash
 
+from diskvault.fsutil import fsync_path
+
 ALGO = "xxh3_128"
 BLOCK_SIZE = 1024 * 1024
 DIGEST_SIZE = 16
@@ -137,14 +139,6 @@ def compare_file(
             return compare_stream(fh, recorded, path.name, progress)
     except FileNotFoundError:
         return [Mismatch(path.name, 0, 0, "file is missing")]
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def seal(files: dict[str, Path]) -> dict[str, dict[str, Any]]:

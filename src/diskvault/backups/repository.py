@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from diskvault.backups.checksums import fsync_path
+from diskvault import fsutil
 from diskvault.tools.process import ToolError, run
 
 SIDECAR_FORMAT = "diskvault-backup/1"
@@ -73,18 +73,13 @@ def partial(path: Path) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = partial(path)
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsutil.write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def fsync_dir(directory: Path) -> None:
+    """Repositories may sit on mounts that cannot sync a directory; the files are synced."""
     with contextlib.suppress(OSError):
-        fsync_path(directory)
+        fsutil.fsync_dir(directory)
 
 
 def read_sidecar(path: Path) -> dict[str, Any]:

@@ -33,10 +33,10 @@ from diskvault.boot.models import Machine, Recovery
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.errors import Conflict, Unprocessable
+from diskvault.fsutil import fsync_dir
 from diskvault.jobs import service as jobs
 from diskvault.jobs.context import JobContext
 from diskvault.jobs.models import Job
-from diskvault.storage.base import fsync_dir
 from diskvault.tools import qemu_img, qmp_block
 from diskvault.tools.qsd import QsdError
 

@@ -32,11 +32,11 @@ from diskvault.boot.errors import (
 from diskvault.boot.models import ImageVersion, Machine, MachineStatus
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
+from diskvault.fsutil import fsync_dir
 from diskvault.images.errors import ImageNotFound
 from diskvault.images.models import Image, ImageStatus
 from diskvault.images.store import ImageStore
 from diskvault.jobs.context import JobContext
-from diskvault.storage.base import fsync_dir
 from diskvault.tools import qemu_img
 
 log = structlog.get_logger("diskvault.boot")

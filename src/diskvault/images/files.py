@@ -16,10 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from diskvault.fsutil import fsync_dir
 from diskvault.images import allocation
 from diskvault.images.digest import ExtentHasher, data_extents, file_digest, hash_blocks
 from diskvault.images.errors import InsufficientSpace
-from diskvault.storage.base import fsync_dir
 from diskvault.tools import qemu_img
 from diskvault.tools.process import Cancelled
 from diskvault.tools.qemu_img import QemuImgError

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from diskvault.config import Settings
+from diskvault.fsutil import fsync_dir
 from diskvault.images.files import copy_sparse
 from diskvault.storage import LocalStorageProvider, StorageProvider, provider_from_url
-from diskvault.storage.base import fsync_dir, os_errors
+from diskvault.storage.base import os_errors
 
 
 class ImageStore:

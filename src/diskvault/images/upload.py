@@ -32,6 +32,7 @@ from typing import Any
 
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
+from diskvault.fsutil import pwrite_all
 from diskvault.images import sparse
 from diskvault.images.digest import ExtentHasher
 from diskvault.images.errors import InvalidUpload, UploadStalled, UploadTooLarge
@@ -70,13 +71,7 @@ def _write_sparse(fd: int, buf: bytearray, n: int, offset: int) -> None:
     """Write ``buf[:n]`` at ``offset``, skipping all-zero blocks (left as holes)."""
     view = memoryview(buf)
     for start, end in sparse.nonzero_runs(buf, n, SPARSE_BLOCK):
-        _pwrite_all(fd, view[start:end], offset + start)
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+        pwrite_all(fd, view[start:end], offset + start)
 
 
 class _Sink:

@@ -13,9 +13,10 @@ import secrets
 import shutil
 from pathlib import Path
 
+from diskvault.fsutil import fsync_dir
 from diskvault.organizer.errors import BadLocation
 from diskvault.storage import StorageProvider
-from diskvault.storage.base import fsync_dir, os_errors
+from diskvault.storage.base import os_errors
 
 
 def sha256(provider: StorageProvider, key: str) -> str:

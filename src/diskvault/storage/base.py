@@ -12,13 +12,13 @@ import errno
 import hashlib
 import io
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
+from diskvault.fsutil import atomic_file
 from diskvault.storage.errors import (
     DestinationExists,
     InvalidKey,
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 BUFFER_SIZE = 1024 * 1024
-PARTIAL_SUFFIX = ".partial"
 
 ProgressCallback = Callable[[int], object]
 ByteSource = IO[bytes] | io.RawIOBase
@@ -284,56 +283,6 @@ def os_errors(key: str, storage: str) -> Iterator[None]:
         if code in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise StorageAccessDenied(key=key, storage=storage, detail=exc.strerror) from exc
         raise StorageError(detail=f"{key} in {storage}: {exc.strerror or exc}") from exc
-
-
-def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename without replacing; raises FileExistsError if ``dst`` exists.
-
-    A hard link fails atomically on an existing name. Filesystems without hard
-    links (FAT, some FUSE) fall back to check-then-rename.
-    """
-    try:
-        os.link(src, dst, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
-            raise
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "destination exists", str(dst)) from exc
-        os.rename(src, dst)
-        return
-    os.unlink(src)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_file(path: Path, *, overwrite: bool = True) -> Iterator[io.BufferedWriter]:
-    """Write ``path`` via ``<name>.<random>.partial``, fsync, then rename.
-
-    On any error the partial file is removed and ``path`` is left as it was.
-    Raises FileExistsError when ``overwrite`` is False and ``path`` exists.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
-    try:
-        with open(tmp, "xb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            rename_noreplace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 class BaseProvider:

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import structlog
 
+from diskvault.fsutil import atomic_file, fsync_dir, rename_noreplace
 from diskvault.storage.base import (
     BUFFER_SIZE,
     BaseProvider,
@@ -26,14 +27,11 @@ from diskvault.storage.base import (
     StorageFile,
     StreamReader,
     UploadSource,
-    atomic_file,
     check_range,
     copy_stream,
-    fsync_dir,
     normalize_key,
     normalize_prefix,
     os_errors,
-    rename_noreplace,
     source_errors,
 )
 from diskvault.storage.errors import InvalidKey, ObjectNotFound

@@ -31,6 +31,7 @@ from botocore.exceptions import (
 )
 from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceeded
 
+from diskvault.fsutil import atomic_file
 from diskvault.storage.base import (
     BaseProvider,
     Page,
@@ -38,7 +39,6 @@ from diskvault.storage.base import (
     StorageFile,
     StreamReader,
     UploadSource,
-    atomic_file,
     check_range,
     normalize_key,
     normalize_prefix,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from diskvault.backups.sources.base import Previous, Storage
 from diskvault.backups.sources.daemon import TARGET_PREFIX, open_target
+from diskvault.fsutil import pwrite_all
 from diskvault.tools.process import Cancelled
 from diskvault.tools.qsd import QsdServer
 
@@ -55,12 +56,6 @@ def target_view(
         if top != node:
             server.blockdev_del(top)
         opened.close()
-
-
-def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
 
 
 def pread_full(fd: int, view: memoryview, offset: int) -> int:

@@ -27,8 +27,9 @@ from diskvault.backups.sources.base import (
     create_target,
 )
 from diskvault.backups.sources.daemon import start_daemon
-from diskvault.backups.sources.pump import CHUNK, pread_full, pwrite_all, target_view
+from diskvault.backups.sources.pump import CHUNK, pread_full, target_view
 from diskvault.backups.sources.qcow2 import common_reason
+from diskvault.fsutil import pwrite_all
 from diskvault.tools.process import Cancelled
 from diskvault.tools.qsd import QsdServer
 
