@@ -108,8 +108,8 @@ class Vault:
         upgrade(self.settings.DATABASE_URL)
         with session_scope(self.settings.DATABASE_URL) as s:
             repo = service.create_repository(
-                self.settings,
                 s,
+                self.settings,
                 name="bench",
                 kind=RepositoryKind.local,
                 path=str(work / "repo"),
@@ -134,7 +134,7 @@ class Vault:
     @property
     def root(self) -> Path:
         with session_scope(self.settings.DATABASE_URL) as s:
-            return Path(service.get_repository(self.settings, s, self.repo).path or "")
+            return Path(service.get_repository(s, self.settings, self.repo).path or "")
 
 
 def allocated(path: Path) -> int:

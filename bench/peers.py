@@ -149,8 +149,8 @@ class Vault(Tool):
                 keys.create(key)
                 repo["key_file"] = str(key)
             row = service.create_repository(
-                self.settings,
                 s,
+                self.settings,
                 name="bench",
                 kind=RepositoryKind.local,
                 path=str(self.work / "repo"),

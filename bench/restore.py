@@ -105,7 +105,7 @@ def change(disk: Path, work: Path, n: int) -> None:
 def make_points(settings: Settings, disk: Path, work: Path) -> list[str]:
     with session_scope(settings.DATABASE_URL) as s:
         repo = service.create_repository(
-            settings, s, name="bench", kind=RepositoryKind.local, path=str(work / "repo"), url=None
+            s, settings, name="bench", kind=RepositoryKind.local, path=str(work / "repo"), url=None
         ).id
         service.create_source(s, "guest", SourceKind.raw, {"path": str(disk)})
     points = []

@@ -41,7 +41,7 @@ def build(
 
 def delete(settings: Settings, backup_id: str) -> None:
     with session_scope(settings.DATABASE_URL) as s:
-        chains.delete_point(settings, s, s.get(Backup, backup_id))
+        chains.delete_point(s, settings, s.get(Backup, backup_id))
 
 
 def chain_of(settings: Settings, backup_id: str) -> list[str]:
@@ -70,7 +70,7 @@ def test_delete_middle_merges_into_child(bsettings: Settings, repo: str, tmp_pat
     from diskvault.backups import verify
 
     with session_scope(bsettings.DATABASE_URL) as s:
-        assert verify.verify(bsettings, s, s.get(Backup, saved[4][0]))["problems"] == []
+        assert verify.verify(s, bsettings, s.get(Backup, saved[4][0]))["problems"] == []
 
 
 def test_delete_full_makes_child_the_full(bsettings: Settings, repo: str, tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def run_copy(settings: Settings, source: str, target: str) -> dict[str, object]:
     with session_scope(settings.DATABASE_URL) as s:
         src, dst = s.get(BackupRepository, source), s.get(BackupRepository, target)
         assert src is not None and dst is not None
-        return copies.copy(settings, s, src, dst, copies.points_to_copy(s, source, None))
+        return copies.copy(s, settings, src, dst, copies.points_to_copy(s, source, None))
 
 
 def test_copy_to_local_then_attach_to_fresh_diskvault(
@@ -63,7 +63,7 @@ def test_copy_to_local_then_attach_to_fresh_diskvault(
     assert run_copy(bsettings, repo, second)["copied"] == []
     # Deleting a middle point rewrites its child: the next copy sends that child again.
     with session_scope(bsettings.DATABASE_URL) as s:
-        chains.delete_point(bsettings, s, s.get(Backup, chain3[1][0]))
+        chains.delete_point(s, bsettings, s.get(Backup, chain3[1][0]))
     again = run_copy(bsettings, repo, second)
     assert again["copied"] == [chain3[2][0]] and again["skipped"] == [chain3[0][0]]
     assert again["removed"] == [chain3[1][0]]
@@ -71,8 +71,8 @@ def test_copy_to_local_then_attach_to_fresh_diskvault(
     fresh = make_settings(tmp_path / "fresh")
     with session_scope(fresh.DATABASE_URL) as s:
         attached = service.create_repository(
-            fresh,
             s,
+            fresh,
             name="attached",
             kind=RepositoryKind.local,
             path=str(tmp_path / "second"),
@@ -92,7 +92,7 @@ def test_copy_to_s3_verified_and_incremental(
 ) -> None:
     with session_scope(bsettings.DATABASE_URL) as s:
         target = service.create_repository(
-            bsettings, s, name="offsite", kind=RepositoryKind.s3, path=None, url=moto_url
+            s, bsettings, name="offsite", kind=RepositoryKind.s3, path=None, url=moto_url
         ).id
     done = run_copy(bsettings, repo, target)
     assert len(done["copied"]) == 3

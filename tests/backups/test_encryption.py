@@ -72,8 +72,8 @@ def test_key_file_is_created_once_and_only_its_fingerprint_is_stored(
     path = tmp_path / "new.key"
     with session_scope(bsettings.DATABASE_URL) as s:
         repo = service.create_repository(
-            bsettings,
             s,
+            bsettings,
             name="secure",
             kind=service.RepositoryKind.local,
             path=str(tmp_path / "repo"),
@@ -96,8 +96,8 @@ def test_key_file_is_created_once_and_only_its_fingerprint_is_stored(
         session_scope(bsettings.DATABASE_URL) as s,
     ):
         service.create_repository(
-            bsettings,
             s,
+            bsettings,
             name="other",
             kind=service.RepositoryKind.local,
             path=str(tmp_path / "repo2"),
@@ -159,7 +159,7 @@ def test_encryption_with_compression_is_refused(
     repo = luks_repo(bsettings, tmp_path / "repo", key)
     with session_scope(bsettings.DATABASE_URL) as s, pytest.raises(InvalidRepository):
         row = s.get(BackupRepository, repo)
-        keys.update_repository(bsettings, s, row, {"compression": "zstd"})
+        keys.update_repository(s, bsettings, row, {"compression": "zstd"})
 
 
 def test_encryption_without_a_key_is_refused(bsettings: Settings, tmp_path: Path) -> None:
@@ -229,25 +229,25 @@ def test_encrypted_chain_full_and_three_incrementals(
 
     # Verify, restore to a file through the job code, and delete a middle point.
     with session_scope(bsettings.DATABASE_URL) as s:
-        result = verify.verify(bsettings, s, s.get(Backup, ids[-1]))
+        result = verify.verify(s, bsettings, s.get(Backup, ids[-1]))
     assert result["status"] == "ok", result
     rp = opened(bsettings, ids[2])
     dest = tmp_path / "restored.qcow2"
     restore.to_file(bsettings, rp.id, rp.image, dest, "qcow2", crypt=rp.crypt)
     assert qemu_img.compare(dest, saved[2], "qcow2", "qcow2")
     with session_scope(bsettings.DATABASE_URL) as s:
-        chains.delete_point(bsettings, s, s.get(Backup, ids[1]))
+        chains.delete_point(s, bsettings, s.get(Backup, ids[1]))
     for n in (0, 2, 3):
         assert same_as(bsettings, ids[n], saved[n]), n
     # Consolidation: the full is merged forward until two points are left.
     with session_scope(bsettings.DATABASE_URL) as s:
         chain = s.get(chains.BackupChain, point(bsettings, ids[3]).chain_id)
-        removed, why = chains.consolidate(bsettings, s, chain, 2)
+        removed, why = chains.consolidate(s, bsettings, chain, 2)
     assert why is None and removed == [ids[0]]
     for n in (2, 3):
         assert same_as(bsettings, ids[n], saved[n]), n
         with session_scope(bsettings.DATABASE_URL) as s:
-            assert verify.verify(bsettings, s, s.get(Backup, ids[n]))["status"] == "ok"
+            assert verify.verify(s, bsettings, s.get(Backup, ids[n]))["status"] == "ok"
     assert has_marker(root, bsettings.temp_dir) == []
 
 
@@ -271,7 +271,7 @@ def test_wrong_or_missing_key_is_refused_and_nothing_is_written(
     with pytest.raises(KeyUnavailable, match=fingerprint):
         opened(bsettings, first)
     with session_scope(bsettings.DATABASE_URL) as s, pytest.raises(KeyUnavailable):
-        verify.verify(bsettings, s, s.get(Backup, first))
+        verify.verify(s, bsettings, s.get(Backup, first))
     key.unlink()
     with pytest.raises(KeyUnavailable, match=f"{fingerprint}.*No such file"):
         opened(bsettings, first)
@@ -313,12 +313,12 @@ def test_rekey_starts_a_new_chain_and_old_points_stay_readable(
     with session_scope(bsettings.DATABASE_URL) as s:
         row = s.get(BackupRepository, repo)
         with pytest.raises(EncryptionLocked, match="rekey"):
-            keys.update_repository(bsettings, s, row, {"encryption": "none"})
+            keys.update_repository(s, bsettings, row, {"encryption": "none"})
         with pytest.raises(EncryptionLocked):
-            keys.update_repository(bsettings, s, row, {"key_file": str(key)})
+            keys.update_repository(s, bsettings, row, {"key_file": str(key)})
         row = s.get(BackupRepository, repo)
         assert row.encryption == "luks"
-        keys.rekey(bsettings, s, row, str(tmp_path / "new.key"), True)
+        keys.rekey(s, bsettings, row, str(tmp_path / "new.key"), True)
         assert row.keys == [{"fingerprint": keys.load(key).fingerprint, "key_file": str(key)}]
     rewrite(vm, tmp_path, 3 * MiB, seed=9)
     new = backup(bsettings, "vm1", repo)
@@ -349,10 +349,10 @@ def test_compressed_chain_verify_and_copy(
     assert qemu_img.compare(image(bsettings, ids[plain][-1]), vm, "qcow2", "qcow2")
     for repo, points in ids.items():
         with session_scope(bsettings.DATABASE_URL) as s:
-            assert verify.verify(bsettings, s, s.get(Backup, points[-1]))["status"] == "ok"
+            assert verify.verify(s, bsettings, s.get(Backup, points[-1]))["status"] == "ok"
             rows = copies.points_to_copy(s, repo, "vm1")
             src, dst = s.get(BackupRepository, repo), s.get(BackupRepository, offsite)
-            done = copies.copy(bsettings, s, src, dst, rows)
+            done = copies.copy(s, bsettings, src, dst, rows)
         assert sorted(done["copied"]) == sorted(points)
     # The copies are byte-identical, so the encrypted ones stay encrypted.
     copied = [p for p in (tmp_path / "offsite").rglob("*.qcow2")]
@@ -423,7 +423,7 @@ def test_encrypted_nbd_source_chain_and_restore_to_nbd(
 ) -> None:
     """An NBD source's incremental writes dirty extents through the FUSE view of a
     target opened on its encrypted chain; the point restores onto an NBD export."""
-    disk = marked_disk(tmp_path / "nvm.qcow2", tmp_path)
+    disk = marked_disk(tmp_path / "nvm.qcow2", tmp_path, SIZE)
     qemu_img.bitmap(disk, "b0", "add")
     sock = tmp_path / "nbd.sock"
     add_source(bsettings, "nvm", "nbd", unverified=True, url=url(sock), bitmap="b0")
@@ -460,9 +460,9 @@ def test_policy_compression(bsettings: Settings, tmp_path: Path, vm: Path, key: 
     luks_repo(bsettings, tmp_path / "secure", key)
     body = {"name": "zst", "sources": ["vm1"], "repository": "plain", "compression": "zstd"}
     with session_scope(bsettings.DATABASE_URL) as s:
-        assert policies.create(bsettings, s, body)[0].compression == "zstd"
+        assert policies.create(s, bsettings, body)[0].compression == "zstd"
         with pytest.raises(InvalidRepository, match="unencrypted"):
-            policies.create(bsettings, s, body | {"name": "bad", "repository": "secure"})
+            policies.create(s, bsettings, body | {"name": "bad", "repository": "secure"})
     unpacked = backup(bsettings, "vm1", plain, "full")
     packed = backup(bsettings, "vm1", plain, "full", compression="zstd")
     assert qemu_img.check(image(bsettings, unpacked), "qcow2").get("compressed-clusters", 0) == 0

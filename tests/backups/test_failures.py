@@ -113,8 +113,8 @@ def test_corrupted_chain_file_found_by_verify(
     victim = image(bsettings, saved[1][0])
     offset = flip_data_byte(victim)
     with session_scope(bsettings.DATABASE_URL) as s:
-        result = verify.verify(bsettings, s, s.get(Backup, saved[2][0]))
-        earlier = verify.verify(bsettings, s, s.get(Backup, saved[0][0]))
+        result = verify.verify(s, bsettings, s.get(Backup, saved[2][0]))
+        earlier = verify.verify(s, bsettings, s.get(Backup, saved[0][0]))
     assert result["status"] == "corrupt"
     (problem,) = result["problems"]
     block = offset // MiB * MiB

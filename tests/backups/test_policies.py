@@ -32,7 +32,7 @@ def test_schedules_queue_runs_and_verifies(bsettings: Settings, repo: str, tmp_p
     backup(bsettings, "vm1", repo)
     with session_scope(bsettings.DATABASE_URL) as s:
         with pytest.raises(InvalidSchedule):
-            policies.create(bsettings, s, {"name": "bad", "sources": ["vm1"], "schedule": "soon"})
+            policies.create(s, bsettings, {"name": "bad", "sources": ["vm1"], "schedule": "soon"})
         body = {
             "name": "often",
             "sources": ["vm1"],
@@ -41,7 +41,7 @@ def test_schedules_queue_runs_and_verifies(bsettings: Settings, repo: str, tmp_p
             "verify_schedule": "*/5 * * * *",
             "keep_last": 3,
         }
-        policy, _ = policies.create(bsettings, s, body)
+        policy, _ = policies.create(s, bsettings, body)
         policy.created_at = datetime.now(UTC) - timedelta(minutes=10)
         policy_id = policy.id
     policies.tick(bsettings)
@@ -68,13 +68,13 @@ def test_immutable_files_get_chattr_until_window_ends(
     with pytest.raises(PermissionError):
         files[0].unlink()
     with session_scope(bsettings.DATABASE_URL) as s, pytest.raises(PointImmutable):
-        chains.delete_point(bsettings, s, s.get(Backup, first))
+        chains.delete_point(s, bsettings, s.get(Backup, first))
     with session_scope(bsettings.DATABASE_URL) as s:
         s.get(Backup, first).immutable_until = datetime.now(UTC) - timedelta(seconds=1)
     policies.tick(bsettings)  # the scheduler lifts expired flags
     assert not any("i" in attrs(f) for f in files) and not point(bsettings, first).immutable_flag
     with session_scope(bsettings.DATABASE_URL) as s:
-        chains.delete_point(bsettings, s, s.get(Backup, first))
+        chains.delete_point(s, bsettings, s.get(Backup, first))
     assert not any(f.exists() for f in files)
 
 
@@ -92,7 +92,7 @@ def test_policy_touches_only_its_own_points_and_previews_first(
     body = {"name": "daily", "sources": ["vm1"], "repository": repo, "keep_last": 1}
     body["max_chain_length"] = 2
     with session_scope(bsettings.DATABASE_URL) as s:
-        policy, shown = policies.create(bsettings, s, body)
+        policy, shown = policies.create(s, bsettings, body)
         policy_id = policy.id
     assert not shown["destructive"] and shown["remove"] == [] and shown["merge"] == []
     assert sorted(p["id"] for p in shown["keep"]) == sorted(hand)
@@ -100,7 +100,7 @@ def test_policy_touches_only_its_own_points_and_previews_first(
 
     for _ in range(2):
         with session_scope(bsettings.DATABASE_URL) as s:
-            (job_id,) = policies.run_now(bsettings, s, s.get(BackupPolicy, policy_id), "t")
+            (job_id,) = policies.run_now(s, bsettings, s.get(BackupPolicy, policy_id), "t")
         runner.run_job(bsettings, job_id)
         with session_scope(bsettings.DATABASE_URL) as s:
             job = s.get(Job, job_id)
@@ -114,7 +114,7 @@ def test_policy_touches_only_its_own_points_and_previews_first(
 
     # Adopting the hand-made points: the preview shows they would go, and is recorded.
     with session_scope(bsettings.DATABASE_URL) as s:
-        _, changed = policies.update(bsettings, s, "daily", {"adopt_existing": True})
+        _, changed = policies.update(s, bsettings, "daily", {"adopt_existing": True})
         history = s.get(BackupPolicy, policy_id).history
     assert changed["destructive"] and changed["adopt_existing"]
     assert sorted(p["id"] for p in changed["remove"]) == sorted(hand)

@@ -73,15 +73,15 @@ def test_prune_simulates_then_applies(bsettings: Settings, repo: str, tmp_path: 
         write_random(disk, "qcow2", 0.05, seed=300 + n)
     with session_scope(bsettings.DATABASE_URL) as s:
         plan = retention.prune(
-            bsettings, s, repository_id=repo, vm="vm1", disk=0, rules={"keep_last": 2}
+            s, bsettings, repository_id=repo, vm="vm1", disk=0, rules={"keep_last": 2}
         )
         assert s.query(Backup).count() == 5
     assert [d["id"] for d in plan["keep"]] == [saved[4][0], saved[3][0]]
     assert len(plan["remove"]) == 3 and plan["dry_run"]
     with session_scope(bsettings.DATABASE_URL) as s:
         done = retention.prune(
-            bsettings,
             s,
+            bsettings,
             repository_id=repo,
             vm="vm1",
             disk=0,

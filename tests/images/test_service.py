@@ -56,15 +56,15 @@ def test_usage_checks_block_delete_until_released(db: Settings) -> None:
         with session_scope(db.DATABASE_URL) as s:
             assert service.usage(s, image_id) == "machine m1 boots it"
             with pytest.raises(ImageInUse, match="machine m1 boots it"):
-                service.delete(db, s, image_id)
+                service.delete(s, db, image_id)
             # convert and resize replace the file its users read
             with pytest.raises(ImageInUse):
-                service.request_convert(db, s, image_id, "qcow2", owner="admin")
+                service.request_convert(s, db, image_id, "qcow2", owner="admin")
             with pytest.raises(ImageInUse):
-                service.request_resize(db, s, image_id, 1 << 30, force=False, owner="admin")
+                service.request_resize(s, db, image_id, 1 << 30, force=False, owner="admin")
         users.clear()
         with session_scope(db.DATABASE_URL) as s:
-            service.delete(db, s, image_id)
+            service.delete(s, db, image_id)
             assert s.get(Image, image_id) is None
     finally:
         service._USAGE_CHECKS.remove(check)
@@ -74,11 +74,11 @@ def test_busy_images_cannot_be_deleted_converted_or_resized(db: Settings) -> Non
     image_id = make(db, status=ImageStatus.CONVERTING, job_id="j1", format="vhdx")
     with session_scope(db.DATABASE_URL) as s:
         with pytest.raises(ImageBusy, match="cancel its job first"):
-            service.delete(db, s, image_id)
+            service.delete(s, db, image_id)
         with pytest.raises(ImageBusy):
-            service.request_convert(db, s, image_id, "raw", owner="admin")
+            service.request_convert(s, db, image_id, "raw", owner="admin")
         with pytest.raises(ImageBusy):
-            service.request_resize(db, s, image_id, 1 << 30, force=False, owner="admin")
+            service.request_resize(s, db, image_id, 1 << 30, force=False, owner="admin")
 
 
 def test_resize_rules(db: Settings) -> None:
@@ -145,7 +145,7 @@ def test_a_failing_usage_check_refuses_the_delete(db: Settings) -> None:
     service.register_usage_check(broken)
     try:
         with session_scope(db.DATABASE_URL) as s, pytest.raises(ImageInUse, match="could not tell"):
-            service.delete(db, s, image_id)
+            service.delete(s, db, image_id)
     finally:
         service._USAGE_CHECKS.remove(broken)
     assert load(db, image_id).status == ImageStatus.READY

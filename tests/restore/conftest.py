@@ -45,4 +45,4 @@ def gpt_mount(world: World, api: TestClient) -> Iterator[str]:
     mount_id: str = resp.json()["mount_id"]
     yield mount_id
     with session_scope(world.settings.DATABASE_URL) as s:
-        service.unmount(world.settings, s, mount_id)
+        service.unmount(s, world.settings, mount_id)

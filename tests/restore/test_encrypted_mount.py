@@ -44,7 +44,7 @@ def test_mount_of_an_encrypted_point(tmp_path: Path) -> None:
     assert len(maps) == 2 and all(zero not in m.read_bytes() for m in maps)
 
     with session_scope(settings.DATABASE_URL) as s:
-        row = service.mount(settings, s, head, owner=None)
+        row = service.mount(s, settings, head, owner=None)
         mount_id, workdir = row.id, Path(row.workdir)
         parts = [p for p in row.partitions if p["mounted"]]
     try:
@@ -53,7 +53,7 @@ def test_mount_of_an_encrypted_point(tmp_path: Path) -> None:
         assert text == MARKER + " version 2\n"
     finally:
         with session_scope(settings.DATABASE_URL) as s:
-            service.unmount(settings, s, mount_id)
+            service.unmount(s, settings, mount_id)
 
     needed = keys.load(key).fingerprint
     key.write_bytes(b"9" * 64)  # the wrong key in its place
@@ -61,6 +61,6 @@ def test_mount_of_an_encrypted_point(tmp_path: Path) -> None:
         session_scope(settings.DATABASE_URL) as s,
         pytest.raises(KeyUnavailable, match=needed),
     ):
-        service.mount(settings, s, head, owner=None)
+        service.mount(s, settings, head, owner=None)
     with session_scope(settings.DATABASE_URL) as s:
         assert s.query(RestoreMount).count() == 1  # only the first, unmounted

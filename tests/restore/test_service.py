@@ -26,14 +26,14 @@ SAFE = {"ro", "nosuid", "nodev", "noexec"}
 
 def do_mount(world: World, backup_id: str, settings: Settings | None = None) -> RestoreMount:
     with session_scope(world.settings.DATABASE_URL) as s:
-        row = service.mount(settings or world.settings, s, backup_id, "tester")
+        row = service.mount(s, settings or world.settings, backup_id, "tester")
         s.expunge(row)
         return row
 
 
 def do_unmount(world: World, mount_id: str) -> RestoreMount:
     with session_scope(world.settings.DATABASE_URL) as s:
-        row = service.unmount(world.settings, s, mount_id)
+        row = service.unmount(s, world.settings, mount_id)
         s.expunge(row)
         return row
 
@@ -157,14 +157,14 @@ def test_access_extends_and_idle_mounts_expire(world: World) -> None:
         ended = s.get(RestoreMount, row.id)
         assert ended.status == MountStatus.unmounted and "expired after" in ended.reason
         with pytest.raises(MountNotActive, match="mount the restore point again"):
-            service.get_mounted(world.settings, s, row.id)
+            service.get_mounted(s, world.settings, row.id)
     assert_gone(row)
     again = do_mount(world, world.flat_points[0])
     with session_scope(url) as s:
         live = s.get(RestoreMount, again.id)
         live.expires_at = live.last_access = live.last_access - timedelta(seconds=30)
     with session_scope(url) as s:
-        touched = service.get_mounted(world.settings, s, again.id)  # an access
+        touched = service.get_mounted(s, world.settings, again.id)  # an access
         timeout = timedelta(seconds=world.settings.RESTORE_IDLE_TIMEOUT_S)
         assert touched.expires_at - touched.last_access == timeout
         assert touched.expires_at > again.expires_at

@@ -30,7 +30,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
 def add_repo(settings: Settings, name: str, path: Path, **kw: Any) -> str:
     with session_scope(settings.DATABASE_URL) as s:
         repo = service.create_repository(
-            settings, s, name=name, kind=RepositoryKind.local, path=str(path), url=None, **kw
+            s, settings, name=name, kind=RepositoryKind.local, path=str(path), url=None, **kw
         )
         return repo.id
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from diskvault.tools import children
+from diskvault.tools import children, orphans
 from diskvault.tools.qsd import QsdServer
 
 # Starts a tool from a thread that then exits, prints the tool's pid, and waits.
@@ -74,7 +74,7 @@ def test_orphans_of_a_dead_run_are_stopped_and_reported(tmp_path: Path) -> None:
         # Same pid and start time but another command line: not ours, left alone.
         foreign = {**_entry(other), "argv": ["sleep", "999"]}
         path = _write(tmp_path, _dead_owner(), [entry, foreign])
-        reports = children.reap_orphans(tmp_path)
+        reports = orphans.reap_orphans(tmp_path)
         assert [r["pid"] for r in reports] == [orphan.pid]
         assert reports[0]["stopped_by"] == "SIGTERM" and reports[0]["argv"] == entry["argv"]
         assert orphan.wait(5) == -signal.SIGTERM
@@ -91,7 +91,7 @@ def test_a_live_owners_children_are_not_touched(tmp_path: Path) -> None:
     try:
         me = {"pid": os.getpid(), "start": children.start_time(os.getpid()) or 0}
         path = _write(tmp_path, me, [_entry(child)])
-        assert children.reap_orphans(tmp_path) == []
+        assert orphans.reap_orphans(tmp_path) == []
         assert child.poll() is None and path.exists()
     finally:
         child.kill()
@@ -114,7 +114,7 @@ def test_an_orphaned_qsd_is_quit_over_qmp(tmp_path: Path) -> None:
         assert qsd._qmp is not None
         qsd._qmp.close()
         qsd._qmp = None
-        reports = children.reap_orphans(_write_and_dir(tmp_path / "run", entry))
+        reports = orphans.reap_orphans(_write_and_dir(tmp_path / "run", entry))
         assert [(r["pid"], r["stopped_by"]) for r in reports] == [(pid, "qmp quit")]
     finally:
         qsd.stop(timeout=2)

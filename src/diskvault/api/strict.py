@@ -14,8 +14,8 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from starlette.requests import HTTPConnection
 
+from diskvault.api.paths import is_console_path
 from diskvault.schemas_base import unknown_field_message
-from diskvault.web import is_console_path
 
 
 def _query_names(dependant: Any) -> set[str]:

@@ -23,6 +23,7 @@ from diskvault.auth.schemas import (
     UserUpdate,
 )
 from diskvault.auth.service import Principal
+from diskvault.db import pagination
 from diskvault.errors import NotFound
 
 router = APIRouter(prefix="/api/v1", tags=["auth"], responses=problems(errors, NotFound))
@@ -96,7 +97,7 @@ def revoke_token(token_id: str, principal: PrincipalDep, db: DbDep) -> Any:
 @router.get("/users", response_model=Page[UserOut])
 def list_users(_: AdminDep, db: DbDep, page: PageDep) -> Any:
     items, total = service.list_users(db, page)
-    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+    return pagination.page(items, total, page)
 
 
 @router.patch("/users/{user_id}", response_model=UserOut)
@@ -109,4 +110,4 @@ def update_user(user_id: str, body: UserUpdate, _: AdminDep, db: DbDep) -> Any:
 @router.get("/audit", response_model=Page[AuditOut], summary="Audit log (admin)")
 def audit(_: AdminDep, db: DbDep, page: PageDep) -> Any:
     items, total = service.list_audit(db, page)
-    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+    return pagination.page(items, total, page)

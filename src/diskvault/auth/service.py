@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from diskvault.api.pagination import PageParams, paginate
 from diskvault.auth import security
 from diskvault.auth.errors import (
     AdminRequiredForSignup,
@@ -23,6 +22,7 @@ from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.db.listing import Listing
 from diskvault.db.listing import apply as listing_apply
+from diskvault.db.pagination import PageParams, paginate
 from diskvault.errors import NotFound
 
 

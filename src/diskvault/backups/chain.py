@@ -235,7 +235,7 @@ def release_flag(session: Session, point: Backup) -> None:
 # -- merges ------------------------------------------------------------------------
 
 
-def delete_point(settings: Settings, session: Session, point: Backup) -> None:
+def delete_point(session: Session, settings: Settings, point: Backup) -> None:
     """Remove one restore point; every other point keeps its content. Caller holds the lock."""
     assert point.chain_id is not None
     chain = session.get(BackupChain, point.chain_id)
@@ -243,7 +243,7 @@ def delete_point(settings: Settings, session: Session, point: Backup) -> None:
     index = next(i for i, p in enumerate(points) if p.id == point.id)
     child = points[index + 1] if index + 1 < len(points) else None
     if index == 0 and child is not None:
-        merge_full_forward(settings, session, points)
+        merge_full_forward(session, settings, points)
     else:
         guard(session, [p for p in (point, child) if p], points[index:])
         for p in (point, child):
@@ -287,7 +287,7 @@ def _rebase(settings: Settings, key: Key | None, child: Path, depth: int, parent
     )
 
 
-def merge_full_forward(settings: Settings, session: Session, points: list[Backup]) -> None:
+def merge_full_forward(session: Session, settings: Settings, points: list[Backup]) -> None:
     """Fold the full into its child: the child becomes the chain's (synthetic) full."""
     full, child = points[0], points[1]
     grandchild = points[2] if len(points) > 2 else None
@@ -340,8 +340,8 @@ def not_owned(points: Sequence[Backup], owner: str | None) -> str | None:
 
 
 def consolidate(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     chain: BackupChain,
     max_length: int,
     owner: str | None = None,
@@ -355,7 +355,7 @@ def consolidate(
         if why is not None:
             return removed, why
         removed.append(points[0].id)
-        merge_full_forward(settings, session, points)
+        merge_full_forward(session, settings, points)
         session.flush()
         refresh(session, chain)
         session.commit()

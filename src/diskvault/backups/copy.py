@@ -88,8 +88,8 @@ def copy_point(
 
 
 def copy(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     source: BackupRepository,
     target: BackupRepository,
     points: list[Backup],

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, FastAPI, Query, status
 from fastapi.responses import JSONResponse
 
 from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
@@ -33,16 +33,14 @@ from diskvault.backups.schemas import (
     SourceCreate,
     SourceOut,
 )
+from diskvault.db import pagination
+from diskvault.db.engine import session_scope
 from diskvault.jobs.schemas import JobOut
 from diskvault.storage import errors as storage_errors
 
 router = APIRouter(prefix="/api/v1", tags=["backups"], responses=problems(errors, storage_errors))
 PageDep = Annotated[PageParams, Depends(page_params)]
 ACCEPTED = status.HTTP_202_ACCEPTED
-
-
-def _page(items: list[Any], total: int, page: PageParams) -> dict[str, Any]:
-    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
 
 
 # -- sources ------------------------------------------------------------------
@@ -57,7 +55,7 @@ def create_source(body: SourceCreate, _: AdminDep, db: DbDep) -> Any:
 
 @router.get("/sources", response_model=Page[SourceOut])
 def list_sources(_: PrincipalDep, db: DbDep, page: PageDep) -> Any:
-    return _page(*service.list_sources(db, page), page)
+    return pagination.page(*service.list_sources(db, page), page)
 
 
 @router.get("/sources/{name}", response_model=SourceOut)
@@ -89,8 +87,8 @@ def update_repository(
     ref: str, body: RepositoryUpdate, _: AdminDep, db: DbDep, settings: SettingsDep
 ) -> Any:
     """Compression applies to new points; encryption only changes while it is empty."""
-    repo = service.get_repository(settings, db, ref)
-    repo = keys.update_repository(settings, db, repo, body.model_dump(exclude_unset=True))
+    repo = service.get_repository(db, settings, ref)
+    repo = keys.update_repository(db, settings, repo, body.model_dump(exclude_unset=True))
     paper = getattr(repo, "paper_key", None)
     return RepositoryOut.model_validate(repo).model_copy(update={"paper_key": paper})
 
@@ -102,26 +100,26 @@ def update_repository(
 )
 def rekey(ref: str, body: RekeyRequest, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
     """New chains under a new key; older points stay readable with the old one."""
-    repo = service.get_repository(settings, db, ref)
-    repo = keys.rekey(settings, db, repo, body.key_file, body.create_key)
+    repo = service.get_repository(db, settings, ref)
+    repo = keys.rekey(db, settings, repo, body.key_file, body.create_key)
     paper = getattr(repo, "paper_key", None)
     return RepositoryOut.model_validate(repo).model_copy(update={"paper_key": paper})
 
 
 @router.get("/repositories", response_model=Page[RepositoryOut])
 def list_repositories(_: PrincipalDep, db: DbDep, page: PageDep) -> Any:
-    return _page(*service.list_repositories(db, page), page)
+    return pagination.page(*service.list_repositories(db, page), page)
 
 
 @router.get("/repositories/{ref}", response_model=RepositoryOut)
 def get_repository(ref: str, _: PrincipalDep, db: DbDep, settings: SettingsDep) -> Any:
-    return service.refresh_usage(db, service.get_repository(settings, db, ref))
+    return service.refresh_usage(db, service.get_repository(db, settings, ref))
 
 
 @router.post("/repositories/{ref}/rescan", response_model=RescanOut)
 def rescan(ref: str, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
     """Rebuild restore points and chains from the sidecars on disk."""
-    return service.rescan(db, service.get_repository(settings, db, ref))
+    return service.rescan(db, service.get_repository(db, settings, ref))
 
 
 # -- backups ------------------------------------------------------------------------
@@ -130,8 +128,8 @@ def rescan(ref: str, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
 @router.post("/backup/start", response_model=JobOut, status_code=ACCEPTED)
 def start(body: BackupStart, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
     job = service.start(
-        settings,
         db,
+        settings,
         vm_name=body.vm_name,
         backup_type=body.backup_type,
         repository=body.repository,
@@ -151,11 +149,11 @@ def list_backups(
     repository: str | None = Query(None, description="name or id"),
     status_: BackupStatus | None = Query(None, alias="status"),
 ) -> Any:
-    repo_id = service.get_repository(settings, db, repository).id if repository else None
+    repo_id = service.get_repository(db, settings, repository).id if repository else None
     items, total = service.list_backups(
         db, page, vm_name=vm_name, repository_id=repo_id, status=status_
     )
-    return _page(items, total, page)
+    return pagination.page(items, total, page)
 
 
 @router.get("/backup/chain", response_model=ChainsOut, summary="Restore points per chain")
@@ -166,7 +164,7 @@ def chain(
     vm_name: str = Query(...),
     repository: str | None = Query(None),
 ) -> Any:
-    repo_id = service.get_repository(settings, db, repository).id if repository else None
+    repo_id = service.get_repository(db, settings, repository).id if repository else None
     return service.chain_view(db, vm_name, repo_id)
 
 
@@ -179,7 +177,7 @@ def chain(
     },
 )
 def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
-    repo = service.local_repository(settings, db, body.repository)
+    repo = service.local_repository(db, settings, body.repository)
     rules = body.model_dump(include=set(retention.RULES))
     max_length = body.max_chain_length
     owner = None
@@ -189,7 +187,7 @@ def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
         owner = owner_of(policy)
     if body.dry_run:
         disks = retention.simulate(
-            settings, db, repository_id=repo.id, vm=body.vm_name, rules=rules, owner=owner
+            db, settings, repository_id=repo.id, vm=body.vm_name, rules=rules, owner=owner
         )
         return {"dry_run": True, "disks": disks}
     params = {
@@ -206,8 +204,8 @@ def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
 @router.post("/backup/copy", response_model=JobOut, status_code=ACCEPTED)
 def copy(body: CopyRequest, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
     """Copy restore points to another repository (local or s3), skipping those there."""
-    source = service.local_repository(settings, db, body.repository)
-    target = service.get_repository(settings, db, body.target)
+    source = service.local_repository(db, settings, body.repository)
+    target = service.get_repository(db, settings, body.target)
     if target.id == source.id:
         raise NotSupportedHere(f"repository {target.name} cannot be copied onto itself")
     params = {
@@ -226,7 +224,7 @@ def get_backup(backup_id: str, _: PrincipalDep, db: DbDep) -> Any:
 @router.delete("/backup/{backup_id}", response_model=JobOut, status_code=ACCEPTED)
 def delete_backup(backup_id: str, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
     """Delete a restore point; one in the middle is merged into its child first."""
-    return service.request_delete(settings, db, backup_id, who.username)
+    return service.request_delete(db, settings, backup_id, who.username)
 
 
 @router.post("/backup/{backup_id}/verify", response_model=JobOut, status_code=ACCEPTED)
@@ -240,7 +238,7 @@ def restore(
     backup_id: str, body: RestoreRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
 ) -> Any:
     """Restore the whole disk to a new file, an NBD export or the image library."""
-    return service.request_restore(settings, db, backup_id, body.model_dump(), who.username)
+    return service.request_restore(db, settings, backup_id, body.model_dump(), who.username)
 
 
 # -- policies ------------------------------------------------------------------------
@@ -253,7 +251,7 @@ def _saved(row: Any, shown: dict[str, Any]) -> dict[str, Any]:
 @router.post("/policies", response_model=PolicySaved, status_code=201)
 def create_policy(body: PolicyCreate, _: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
     """Add a policy; ``preview`` says what its next run would keep, remove and merge."""
-    return _saved(*policies.create(settings, db, body.model_dump()))
+    return _saved(*policies.create(db, settings, body.model_dump()))
 
 
 @router.post("/policies/preview", response_model=PolicyPreview, summary="Preview a new policy")
@@ -261,7 +259,7 @@ def preview_new_policy(
     body: PolicyCreate, _: PrincipalDep, db: DbDep, settings: SettingsDep
 ) -> Any:
     """What a policy made from this body would do on its next run; nothing is saved."""
-    return policies.preview(settings, db, body.model_dump())
+    return policies.preview(db, settings, body.model_dump())
 
 
 @router.patch("/policies/{ref}", response_model=PolicySaved, summary="Change a policy")
@@ -269,7 +267,7 @@ def update_policy(
     ref: str, body: PolicyUpdate, _: OperatorDep, db: DbDep, settings: SettingsDep
 ) -> Any:
     """Change the fields given; ``preview`` is the next run under the new rules."""
-    return _saved(*policies.update(settings, db, ref, body.model_dump(exclude_unset=True)))
+    return _saved(*policies.update(db, settings, ref, body.model_dump(exclude_unset=True)))
 
 
 @router.post("/policies/{ref}/preview", response_model=PolicyPreview)
@@ -277,7 +275,7 @@ def preview_policy(
     ref: str, body: PolicyUpdate, _: PrincipalDep, db: DbDep, settings: SettingsDep
 ) -> Any:
     """The policy's next run, with the changes in the body applied (``{}``: as it is)."""
-    return policies.preview(settings, db, body.model_dump(exclude_unset=True), ref)
+    return policies.preview(db, settings, body.model_dump(exclude_unset=True), ref)
 
 
 @router.get("/policies/{ref}/history", response_model=list[PolicyHistoryEntry])
@@ -288,7 +286,7 @@ def policy_history(ref: str, _: PrincipalDep, db: DbDep) -> Any:
 
 @router.get("/policies", response_model=Page[PolicyOut])
 def list_policies(_: PrincipalDep, db: DbDep, page: PageDep) -> Any:
-    return _page(*policies.list_policies(db, page), page)
+    return pagination.page(*policies.list_policies(db, page), page)
 
 
 @router.get("/policies/{ref}", response_model=PolicyOut)
@@ -303,4 +301,11 @@ def delete_policy(ref: str, _: OperatorDep, db: DbDep) -> Any:
 
 @router.post("/policies/{ref}/run", status_code=ACCEPTED, summary="Run a policy now")
 def run_policy(ref: str, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
-    return {"job_ids": policies.run_now(settings, db, policies.get(db, ref), who.username)}
+    return {"job_ids": policies.run_now(db, settings, policies.get(db, ref), who.username)}
+
+
+def startup(app: FastAPI) -> None:
+    """Make the default repository here, so reading it never creates it."""
+    settings = app.state.settings
+    with session_scope(settings.DATABASE_URL) as s:
+        service.ensure_default_repository(s, settings)

@@ -135,8 +135,8 @@ def _storage(repo: BackupRepository, req: RunRequest) -> Storage:
 
 
 def _want(
-    settings: Settings,
     s: Session,
+    settings: Settings,
     req: RunRequest,
     chain: BackupChain | None,
     fingerprint: str | None,
@@ -219,7 +219,7 @@ def _locked(
         repo_files.remove_partials(directory)
         fingerprint = storage.key.fingerprint if storage.key else None
         chain = chains.active_chain(s, repo.id, req.vm_name, disk)
-        want, forced, consolidate = _want(settings, s, req, chain, fingerprint)
+        want, forced, consolidate = _want(s, settings, req, chain, fingerprint)
         previous = _previous(s, root, chain) if want == "incremental" else None
         repo_name = repo.name
         days = (
@@ -399,5 +399,5 @@ def _consolidate(settings: Settings, req: RunRequest, backup_id: str) -> None:
         point = s.get(Backup, backup_id)
         chain = s.get(BackupChain, point.chain_id) if point and point.chain_id else None
         if chain is not None:
-            removed, why = chains.consolidate(settings, s, chain, max_length, req.merge_owner)
+            removed, why = chains.consolidate(s, settings, chain, max_length, req.merge_owner)
             log.info("chain consolidated", chain_id=chain.id, removed=removed, refused=why)

@@ -280,7 +280,7 @@ def point_count(session: Session, repo: BackupRepository) -> int:
 
 
 def update_repository(
-    settings: Settings, session: Session, repo: BackupRepository, changes: dict[str, Any]
+    session: Session, settings: Settings, repo: BackupRepository, changes: dict[str, Any]
 ) -> BackupRepository:
     """Compression applies to new points; encryption and its key change only while the
     repository holds no restore points (then it is a rekey: 409). A null is no change."""
@@ -307,8 +307,8 @@ def update_repository(
 
 
 def rekey(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     repo: BackupRepository,
     key_file: str | None,
     create_key: bool,

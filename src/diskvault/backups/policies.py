@@ -12,7 +12,6 @@ from croniter import croniter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as chains
 from diskvault.backups import keys, service
 from diskvault.backups import preview as previews
@@ -28,6 +27,7 @@ from diskvault.backups.models import (
 from diskvault.backups.retention import RULES
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
+from diskvault.db.pagination import PageParams, paginate
 
 log = structlog.get_logger("diskvault.backups")
 
@@ -48,7 +48,7 @@ def due(schedule: str | None, since: datetime, now: datetime) -> bool:
 
 
 def build(
-    settings: Settings, session: Session, body: dict[str, Any], row: BackupPolicy | None = None
+    session: Session, settings: Settings, body: dict[str, Any], row: BackupPolicy | None = None
 ) -> BackupPolicy:
     """A new policy from ``body``, or ``row`` with the fields ``body`` gives changed;
     neither is added to the session."""
@@ -58,10 +58,10 @@ def build(
             service.get_source(session, name)
         row.sources = list(body["sources"])
     if "repository" in body or row.repository_id is None:
-        row.repository_id = service.local_repository(settings, session, body.get("repository")).id
+        row.repository_id = service.local_repository(session, settings, body.get("repository")).id
     if "compression" in body:
         row.compression = body["compression"]
-    target = service.get_repository(settings, session, row.repository_id)
+    target = service.get_repository(session, settings, row.repository_id)
     keys.check_combination(target.encryption, row.compression)
     rules = dict(row.retention or {}) | {k: body[k] for k in RULES if k in body}
     row.retention = {k: v for k, v in rules.items() if v is not None}
@@ -82,42 +82,42 @@ def build(
         row.immutability_days = float(body.get("immutability_days") or 0.0)
     if "copy_to" in body or row.id is None:
         copy_to = body.get("copy_to")
-        repo = service.get_repository(settings, session, copy_to) if copy_to else None
+        repo = service.get_repository(session, settings, copy_to) if copy_to else None
         row.copy_repository_id = repo.id if repo else None
     return row
 
 
 def create(
-    settings: Settings, session: Session, body: dict[str, Any]
+    session: Session, settings: Settings, body: dict[str, Any]
 ) -> tuple[BackupPolicy, dict[str, Any]]:
     """Add a policy; returns it with the preview of its next run (kept in its history)."""
-    row = insert_named(session, build(settings, session, body), PolicyExists)
-    shown = previews.preview(settings, session, row)
+    row = insert_named(session, build(session, settings, body), PolicyExists)
+    shown = previews.preview(session, settings, row)
     previews.record(row, "created", shown)
     session.commit()
     return row, shown
 
 
 def update(
-    settings: Settings, session: Session, ref: str, body: dict[str, Any]
+    session: Session, settings: Settings, ref: str, body: dict[str, Any]
 ) -> tuple[BackupPolicy, dict[str, Any]]:
     """Change the fields ``body`` gives; returns the policy and its new preview."""
-    row = build(settings, session, body, get(session, ref))
-    shown = previews.preview(settings, session, row)
+    row = build(session, settings, body, get(session, ref))
+    shown = previews.preview(session, settings, row)
     previews.record(row, "changed", shown)
     session.commit()
     return row, shown
 
 
 def preview(
-    settings: Settings, session: Session, body: dict[str, Any], ref: str | None = None
+    session: Session, settings: Settings, body: dict[str, Any], ref: str | None = None
 ) -> dict[str, Any]:
     """The preview of a policy as ``body`` would make or change it; nothing is saved."""
     if ref is None:
-        return previews.preview(settings, session, build(settings, session, body))
+        return previews.preview(session, settings, build(session, settings, body))
     try:
-        changed = build(settings, session, body, get(session, ref))
-        return previews.preview(settings, session, changed)
+        changed = build(session, settings, body, get(session, ref))
+        return previews.preview(session, settings, changed)
     finally:
         session.rollback()  # drop the changes ``build`` made to the stored row
 
@@ -145,14 +145,14 @@ def for_source(session: Session, vm_name: str) -> BackupPolicy | None:
 
 
 def run_now(
-    settings: Settings, session: Session, policy: BackupPolicy, owner: str | None
+    session: Session, settings: Settings, policy: BackupPolicy, owner: str | None
 ) -> list[str]:
     """Queue one backup-run per source; each applies the policy's retention after."""
     jobs = []
     for name in policy.sources:
         job = service.start(
-            settings,
             session,
+            settings,
             vm_name=name,
             backup_type=policy.backup_type,
             repository=policy.repository_id,
@@ -165,7 +165,7 @@ def run_now(
     return jobs
 
 
-def verify_heads(settings: Settings, session: Session, policy: BackupPolicy) -> list[str]:
+def verify_heads(session: Session, settings: Settings, policy: BackupPolicy) -> list[str]:
     """Queue a verify of each active chain's head (which reads the whole chain)."""
     jobs = []
     for name in policy.sources:
@@ -190,9 +190,9 @@ def tick(settings: Settings) -> None:
         for policy in s.scalars(select(BackupPolicy).where(BackupPolicy.enabled.is_(True))):
             try:
                 if due(policy.schedule, policy.last_run_at or policy.created_at, now):
-                    run_now(settings, s, policy, "scheduler")
+                    run_now(s, settings, policy, "scheduler")
                 if due(policy.verify_schedule, policy.last_verify_at or policy.created_at, now):
-                    verify_heads(settings, s, policy)
+                    verify_heads(s, settings, policy)
             except Exception:
                 s.rollback()
                 log.exception("policy run failed to start", policy=policy.name)

@@ -41,7 +41,7 @@ def disks(session: Session, repository_id: str, vm: str) -> list[int]:
     return sorted(rows)
 
 
-def preview(settings: Settings, session: Session, policy: BackupPolicy) -> dict[str, Any]:
+def preview(session: Session, settings: Settings, policy: BackupPolicy) -> dict[str, Any]:
     owner = owner_of(policy)
     keep: list[dict[str, Any]] = []
     remove: list[dict[str, Any]] = []
@@ -53,7 +53,7 @@ def preview(settings: Settings, session: Session, policy: BackupPolicy) -> dict[
                 row = {"vm_name": vm, "disk": disk, **decision.out()}
                 (keep if decision.keep else remove).append(row)
             gone = {r["id"] for r in remove}
-            merge += _merges(settings, session, policy, vm, disk, gone, owner)
+            merge += _merges(session, settings, policy, vm, disk, gone, owner)
     return {
         "at": datetime.now(UTC).isoformat(),
         "adopt_existing": bool(policy.adopt_existing),
@@ -66,8 +66,8 @@ def preview(settings: Settings, session: Session, policy: BackupPolicy) -> dict[
 
 
 def _merges(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     policy: BackupPolicy,
     vm: str,
     disk: int,

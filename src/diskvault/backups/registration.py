@@ -27,8 +27,8 @@ def add_repository(
 ) -> tuple[BackupRepository, str | None]:
     """The repository, and its paper key when a key was made for it (shown once)."""
     repo = service.create_repository(
-        settings,
         session,
+        settings,
         name=body.name,
         kind=body.kind,
         path=body.path,

@@ -154,8 +154,8 @@ def candidates(session: Session, repository_id: str, vm: str, disk: int) -> list
 
 
 def prune(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     *,
     repository_id: str,
     vm: str,
@@ -176,14 +176,14 @@ def prune(
             if point is None:
                 continue
             try:
-                chains.delete_point(settings, session, point)
+                chains.delete_point(session, settings, point)
             except (PointImmutable, PointInUse) as exc:
                 session.rollback()
                 decision.keep, decision.reason = True, f"kept: {exc.message}"
                 result["refused"].append({"id": decision.id, "reason": exc.message})
         if max_chain_length:
             result["consolidation"] = _consolidate(
-                settings, session, repository_id, vm, disk, max_chain_length, owner
+                session, settings, repository_id, vm, disk, max_chain_length, owner
             )
     result["keep"] = [d.out() for d in decisions if d.keep]
     result["remove"] = [d.out() for d in decisions if not d.keep]
@@ -203,8 +203,8 @@ def _whole_chains_first(session: Session, doomed: list[Decision]) -> list[Decisi
 
 
 def _consolidate(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     repository_id: str,
     vm: str,
     disk: int,
@@ -214,15 +214,15 @@ def _consolidate(
     chain: BackupChain | None = chains.active_chain(session, repository_id, vm, disk)
     if chain is None:
         return {"merged": [], "refused": None}
-    merged, refused = chains.consolidate(settings, session, chain, max_length, owner)
+    merged, refused = chains.consolidate(session, settings, chain, max_length, owner)
     if refused:
         refused += "; the next backup starts a new chain with a full"
     return {"merged": merged, "refused": refused}
 
 
 def simulate(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     *,
     repository_id: str,
     vm: str,
@@ -236,7 +236,7 @@ def simulate(
     disks = sorted(set(session.scalars(stmt.distinct())))
     return [
         prune(
-            settings, session, repository_id=repository_id, vm=vm, disk=d, rules=rules, owner=owner
+            session, settings, repository_id=repository_id, vm=vm, disk=d, rules=rules, owner=owner
         )
         for d in disks
     ]

@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as chains
 from diskvault.backups import keys
 from diskvault.backups import repository as repo_files
@@ -47,6 +46,7 @@ from diskvault.backups.verify import chain_to
 from diskvault.config import Settings
 from diskvault.db.listing import Listing
 from diskvault.db.listing import apply as listing_apply
+from diskvault.db.pagination import PageParams, paginate
 from diskvault.jobs import service as jobs
 from diskvault.jobs.models import Job
 from diskvault.storage import provider_from_url, redact_url
@@ -142,8 +142,8 @@ def delete_source(session: Session, name: str) -> BackupSource:
 
 
 def create_repository(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     *,
     name: str,
     kind: RepositoryKind,
@@ -184,30 +184,37 @@ def create_repository(
     return row
 
 
-def get_repository(settings: Settings, session: Session, ref: str | None) -> BackupRepository:
-    """By name or id; ``None`` (or ``local``, the spec's name) is the default repository
-    (BACKUP_REPOSITORY_PATH)."""
+def ensure_default_repository(session: Session, settings: Settings) -> BackupRepository:
+    """The ``default`` repository (BACKUP_REPOSITORY_PATH), made at start-up if missing."""
+    row = by_name_or_id(session, BackupRepository, DEFAULT_REPOSITORY)
+    if row is not None:
+        return row
+    return create_repository(
+        session,
+        settings,
+        name=DEFAULT_REPOSITORY,
+        kind=RepositoryKind.local,
+        path=str(settings.backup_dir),
+        url=None,
+    )
+
+
+def get_repository(session: Session, settings: Settings, ref: str | None) -> BackupRepository:
+    """By name or id; ``None`` (or ``local``, the spec's name) is the default repository.
+
+    A read never creates anything: the default repository is made at start-up.
+    """
     name = ref or DEFAULT_REPOSITORY
     row = by_name_or_id(session, BackupRepository, name)
     if row is None and name in DEFAULT_ALIASES:
-        name = DEFAULT_REPOSITORY
-        row = by_name_or_id(session, BackupRepository, name)
-    if row is None and name == DEFAULT_REPOSITORY:
-        return create_repository(
-            settings,
-            session,
-            name=name,
-            kind=RepositoryKind.local,
-            path=str(settings.backup_dir),
-            url=None,
-        )
+        row = by_name_or_id(session, BackupRepository, DEFAULT_REPOSITORY)
     if row is None:
         raise RepositoryNotFound(id=name)
     return row
 
 
-def local_repository(settings: Settings, session: Session, ref: str | None) -> BackupRepository:
-    repo = get_repository(settings, session, ref)
+def local_repository(session: Session, settings: Settings, ref: str | None) -> BackupRepository:
+    repo = get_repository(session, settings, ref)
     if repo.kind != RepositoryKind.local:
         raise NotSupportedHere(
             f"repository {repo.name} is {repo.kind.value}: backups are written to local "
@@ -383,8 +390,8 @@ def submit(settings: Settings, kind: str, params: dict[str, Any], owner: str | N
 
 
 def start(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     *,
     vm_name: str,
     backup_type: str,
@@ -394,7 +401,7 @@ def start(
     policy_id: str | None = None,
 ) -> Job:
     source = get_source(session, vm_name)
-    repo = local_repository(settings, session, repository)
+    repo = local_repository(session, settings, repository)
     params = {
         "vm_name": source.name,
         "backup_type": backup_type,
@@ -412,7 +419,7 @@ def completed(session: Session, backup_id: str, action: str) -> Backup:
     return point
 
 
-def request_delete(settings: Settings, session: Session, backup_id: str, owner: str | None) -> Job:
+def request_delete(session: Session, settings: Settings, backup_id: str, owner: str | None) -> Job:
     """Refuse at once what the job would refuse (immutable, in use); else queue it."""
     point = completed(session, backup_id, "deleted")
     points = chains.ordered(session, point.chain_id or "")
@@ -423,7 +430,7 @@ def request_delete(settings: Settings, session: Session, backup_id: str, owner: 
 
 
 def request_restore(
-    settings: Settings, session: Session, backup_id: str, target: dict[str, Any], owner: str | None
+    session: Session, settings: Settings, backup_id: str, target: dict[str, Any], owner: str | None
 ) -> Job:
     """Queue restoring the whole disk to a new file, an NBD export or the image library."""
     completed(session, backup_id, "restored")

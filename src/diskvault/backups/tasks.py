@@ -129,7 +129,7 @@ def backup_delete(ctx: JobContext) -> dict[str, Any]:
     vm, disk = _point_disk(ctx.settings, ctx.params["backup_id"])
     with _locked(ctx, vm, disk), session_scope(ctx.settings.DATABASE_URL) as s:
         point = service.completed(s, ctx.params["backup_id"], "deleted")
-        chains.delete_point(ctx.settings, s, point)
+        chains.delete_point(s, ctx.settings, point)
     return {"deleted": ctx.params["backup_id"]}
 
 
@@ -138,7 +138,7 @@ def backup_verify(ctx: JobContext) -> dict[str, Any]:
     vm, disk = _point_disk(ctx.settings, ctx.params["backup_id"])
     with _locked(ctx, vm, disk), session_scope(ctx.settings.DATABASE_URL) as s:
         point = service.get_backup(s, ctx.params["backup_id"])
-        result = verify.verify(ctx.settings, s, point, progress=_bytes(ctx, "verifying"))
+        result = verify.verify(s, ctx.settings, point, progress=_bytes(ctx, "verifying"))
     if result["problems"]:
         raise VerifyFailed(
             id=result["backup_id"],
@@ -225,8 +225,8 @@ def _prune(
         with _locked(ctx, vm, disk), session_scope(ctx.settings.DATABASE_URL) as s:
             out.append(
                 retention.prune(
-                    ctx.settings,
                     s,
+                    ctx.settings,
                     repository_id=repository_id,
                     vm=vm,
                     disk=disk,
@@ -264,7 +264,7 @@ def _copy(ctx: JobContext, source_id: str, target_id: str, vm: str | None) -> di
             source, target = s.get(BackupRepository, source_id), s.get(BackupRepository, target_id)
             assert source is not None and target is not None
             points = [p for p in copies.points_to_copy(s, source_id, name) if p.disk_index == disk]
-            done = copies.copy(ctx.settings, s, source, target, points, progress=_bytes(ctx, name))
+            done = copies.copy(s, ctx.settings, source, target, points, progress=_bytes(ctx, name))
             totals["target"] = done["target"]
         for key in ("copied", "skipped", "removed"):
             totals[key] += done[key]

@@ -72,7 +72,7 @@ def _check_file(
 
 
 def verify(
-    settings: Settings, session: Session, point: Backup, progress: Progress | None = None
+    session: Session, settings: Settings, point: Backup, progress: Progress | None = None
 ) -> dict[str, Any]:
     if point.status != BackupStatus.completed:
         raise PointNotReady(id=point.id, status=point.status.value, action="verified")

@@ -25,6 +25,7 @@ from diskvault.boot.schemas import (
     VersionOut,
 )
 from diskvault.config import Settings
+from diskvault.db import pagination
 from diskvault.errors import DiskvaultError, NotFound
 from diskvault.images import errors as image_errors
 from diskvault.images import service as images
@@ -130,7 +131,7 @@ def create_machine(
 @router.get("/machines", response_model=Page[MachineOut], summary="List machines")
 def list_machines(_: PrincipalDep, db: DbDep, page: PageDep, image_id: str | None = None) -> Any:
     items, total = service.list_machines(db, page, image_id=image_id)
-    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+    return pagination.page(items, total, page)
 
 
 def _detail(db: DbDep, settings: Settings, machine_id: str) -> dict[str, Any]:
@@ -185,7 +186,7 @@ def delete_machine(
 )
 def list_sessions(machine_id: str, _: PrincipalDep, db: DbDep, page: PageDep) -> Any:
     items, total = service.list_sessions(db, machine_id, page)
-    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+    return pagination.page(items, total, page)
 
 
 @router.post(
@@ -239,12 +240,7 @@ def list_versions(
 ) -> Any:
     rows = versions.list_versions(db, settings, image_id)
     chunk = rows[page.offset : page.offset + page.limit]
-    return {
-        "items": [_version_out(db, r) for r in chunk],
-        "total": len(rows),
-        "limit": page.limit,
-        "offset": page.offset,
-    }
+    return pagination.page([_version_out(db, r) for r in chunk], len(rows), page)
 
 
 @router.post(

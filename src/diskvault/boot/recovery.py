@@ -23,7 +23,6 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as chains
 from diskvault.backups import service as backups
 from diskvault.backups.models import Backup, BackupChain
@@ -36,6 +35,7 @@ from diskvault.boot.errors import (
 )
 from diskvault.boot.models import Machine, MachineMode, Recovery
 from diskvault.config import Settings
+from diskvault.db.pagination import PageParams, paginate
 from diskvault.errors import DiskvaultError, NotFound, Unprocessable
 from diskvault.jobs.models import Job, JobStatus
 from diskvault.targets import service as targets
@@ -280,7 +280,7 @@ def for_mac(session: Session, mac: str) -> Recovery | None:
     return session.scalar(select(Recovery).where(Recovery.mac == mac))
 
 
-def startup(settings: Settings, session: Session) -> None:
+def startup(session: Session, settings: Settings) -> None:
     """Bring this node's recoveries back after a restart (their overlays are kept)."""
     for recovery in session.scalars(select(Recovery).where(Recovery.node == settings.NODE)):
         with contextlib.suppress(DiskvaultError):

@@ -15,6 +15,7 @@ from diskvault.backups import repository as repo_files
 from diskvault.backups import service as backups
 from diskvault.boot import promote, recovery, verify
 from diskvault.boot.schemas import PromoteRequest, RecoveryOut, RecoveryStart
+from diskvault.db import pagination
 from diskvault.errors import NotFound
 from diskvault.jobs import service as jobs
 from diskvault.jobs.schemas import JobOut
@@ -47,12 +48,8 @@ def boot_point(
 @router.get("/recoveries", response_model=Page[RecoveryOut], summary="Live instant recoveries")
 def list_recoveries(_: PrincipalDep, db: DbDep, settings: SettingsDep, page: PageDep) -> Any:
     items, total = recovery.list_recoveries(db, page)
-    return {
-        "items": [recovery.describe(db, settings, r) for r in items],
-        "total": total,
-        "limit": page.limit,
-        "offset": page.offset,
-    }
+    described = [recovery.describe(db, settings, r) for r in items]
+    return pagination.page(described, total, page)
 
 
 @router.get("/recoveries/{recovery_id}", response_model=RecoveryOut)

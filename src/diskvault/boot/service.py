@@ -23,7 +23,6 @@ from sqlalchemy import Select, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from diskvault.api.pagination import PageParams, paginate
 from diskvault.boot import versions, writeback
 from diskvault.boot.errors import (
     InvalidMac,
@@ -38,6 +37,7 @@ from diskvault.boot.models import BootSession, Machine, MachineMode, MachineStat
 from diskvault.config import Settings
 from diskvault.db.listing import Listing
 from diskvault.db.listing import apply as listing_apply
+from diskvault.db.pagination import PageParams, paginate
 from diskvault.errors import DiskvaultError, NotFound
 from diskvault.images import service as images
 from diskvault.jobs import service as jobs

@@ -91,7 +91,7 @@ def startup(settings: Settings) -> None:
         for machine in machines:
             with service.machine_lock(machine.id), contextlib.suppress(DiskvaultError):
                 service.serve(session, settings, machine, fresh=False)
-        recovery.startup(settings, session)
+        recovery.startup(session, settings)
 
 
 def shutdown(settings: Settings) -> None:

@@ -12,6 +12,7 @@ from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.problems import problem_response
 from diskvault.api.responses import problems
 from diskvault.config import Settings
+from diskvault.db import pagination
 from diskvault.db.engine import session_scope
 from diskvault.errors import DiskvaultError
 from diskvault.images import admission, download, errors, importer, intake, service, sparse, upload
@@ -181,7 +182,7 @@ def import_image(
     body: ImageImport, principal: PrincipalDep, settings: SettingsDep, db: DbDep
 ) -> Any:
     admission.check_jobs(db, settings, principal.username)
-    return importer.request_import(settings, db, body, owner=principal.username)
+    return importer.request_import(db, settings, body, owner=principal.username)
 
 
 @router.get("", response_model=Page[ImageOut])
@@ -194,7 +195,7 @@ def list_images(
     image_type: ImageType | None = Query(None),
 ) -> Any:
     items, total = service.list_images(db, page, status=status_, fmt=format, image_type=image_type)
-    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+    return pagination.page(items, total, page)
 
 
 @router.get("/{image_id}", response_model=ImageOut)
@@ -213,8 +214,8 @@ def convert_image(
 ) -> Any:
     admission.check_jobs(db, settings, principal.username)
     return service.request_convert(
-        settings,
         db,
+        settings,
         image_id,
         body.target_format,
         compress=body.compress,
@@ -238,7 +239,7 @@ def resize_image(
 ) -> Any:
     admission.check_jobs(db, settings, principal.username)
     return service.request_resize(
-        settings, db, image_id, body.size, force=body.force, owner=principal.username
+        db, settings, image_id, body.size, force=body.force, owner=principal.username
     )
 
 
@@ -275,5 +276,5 @@ def download_image(
     summary="Delete an image (409 while a target, machine or backup uses it)",
 )
 def delete_image(image_id: str, _: PrincipalDep, settings: SettingsDep, db: DbDep) -> Response:
-    service.delete(settings, db, image_id)
+    service.delete(db, settings, image_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -87,7 +87,7 @@ def copy_path(settings: Settings, raw: str, dest: Path) -> tuple[int, str]:
 
 
 def request_import(
-    settings: Settings, session: Session, body: ImageImport, *, owner: str | None
+    session: Session, settings: Settings, body: ImageImport, *, owner: str | None
 ) -> Image:
     """Check the source now (a path's headers are inspected at once), then queue the import."""
     if body.path is not None:

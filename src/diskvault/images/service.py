@@ -18,9 +18,9 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from diskvault.api.pagination import PageParams, paginate
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope, updated_rows
+from diskvault.db.pagination import PageParams, paginate
 from diskvault.images import files
 from diskvault.images.errors import (
     ImageBusy,
@@ -276,8 +276,8 @@ def _claim(session: Session, image_id: str, to: ImageStatus, action: str) -> Ima
 
 
 def request_convert(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     image_id: str,
     target_format: str,
     *,
@@ -349,8 +349,8 @@ def check_resize(settings: Settings, image: Image, size: int, force: bool) -> No
 
 
 def request_resize(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     image_id: str,
     size: int,
     *,
@@ -377,7 +377,7 @@ def request_resize(
     return image
 
 
-def delete(settings: Settings, session: Session, image_id: str) -> None:
+def delete(session: Session, settings: Settings, image_id: str) -> None:
     image = get(session, image_id)
     if image.status.busy:
         raise ImageBusy(

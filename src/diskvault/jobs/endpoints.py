@@ -14,6 +14,7 @@ from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, Setti
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.responses import problems
 from diskvault.config import Settings
+from diskvault.db import pagination
 from diskvault.errors import DiskvaultError, Forbidden
 from diskvault.jobs import errors, registry, service
 from diskvault.jobs.models import Job, JobStatus
@@ -34,7 +35,7 @@ def list_jobs(
     status_: JobStatus | None = Query(None, alias="status", description="filter by status"),
 ) -> Any:
     items, total = service.list_jobs(db, page, kind=kind, status=status_)
-    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+    return pagination.page(items, total, page)
 
 
 @router.get("/stats", response_model=JobStats)

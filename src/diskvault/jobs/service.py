@@ -9,11 +9,11 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from diskvault.api.pagination import PageParams, paginate
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope, updated_rows
 from diskvault.db.listing import Listing
 from diskvault.db.listing import apply as listing_apply
+from diskvault.db.pagination import PageParams, paginate
 from diskvault.jobs import queue, registry
 from diskvault.jobs.errors import (
     HeartbeatLost,

@@ -13,7 +13,7 @@ import structlog
 from diskvault.config import Settings
 from diskvault.jobs import queue, registry, runner, service
 from diskvault.jobs.scheduler import Scheduler
-from diskvault.tools import children
+from diskvault.tools import children, orphans
 
 log = structlog.get_logger("diskvault.worker")
 
@@ -35,9 +35,9 @@ class WorkerHost:
         """
         run_dir = self.settings.DATA_DIR / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
-        orphans = children.reap_orphans(run_dir)
-        if orphans:
-            log.warning("stopped child processes left by a previous run", count=len(orphans))
+        stopped = orphans.reap_orphans(run_dir)
+        if stopped:
+            log.warning("stopped child processes left by a previous run", count=len(stopped))
         children.REGISTRY.configure(run_dir)
         if not self.settings.QUEUE_URL:
             reaped = service.reap(self.settings, node=self.settings.NODE, older_than=0)

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from diskvault.organizer.duplicates import DuplicateGroup, Progress, ScanStats
 from diskvault.organizer.hashcache import ALGORITHMS, HashCache, Hashes
+from diskvault.organizer.report import DuplicateGroup, Progress, ScanStats
 from diskvault.organizer.walk import FileEntry, cancelled
 
 SMALL_FILE = 128 * 1024

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, status
 from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.responses import problems
+from diskvault.db import pagination
 from diskvault.jobs import errors as job_errors
 from diskvault.organizer import errors, service
 from diskvault.organizer.models import OperationType
@@ -48,7 +49,7 @@ def list_operations(
     type_: OperationType | None = Query(None, alias="type", description="filter by type"),
 ) -> Any:
     items, total = service.list_operations(db, page, op_type=type_)
-    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+    return pagination.page(items, total, page)
 
 
 @router.get("/{op_id}", response_model=OperationOut, summary="One operation and its summary")

@@ -7,11 +7,12 @@ from typing import Any
 from sqlalchemy import Select, event, select
 from sqlalchemy.orm import Session
 
-from diskvault.api.pagination import PageParams, paginate
 from diskvault.config import Settings
+from diskvault.db import pagination
 from diskvault.db.base import new_id
 from diskvault.db.listing import Listing
 from diskvault.db.listing import apply as listing_apply
+from diskvault.db.pagination import PageParams, paginate
 from diskvault.jobs import service as jobs
 from diskvault.jobs.models import Job, JobStatus
 from diskvault.organizer.errors import (
@@ -229,10 +230,5 @@ def items(db: Session, op_id: str, page: PageParams) -> dict[str, Any]:
         kind, model, out = "records", FileRecord, FileRecordOut  # type: ignore[assignment]
         stmt = select(FileRecord).order_by(FileRecord.seq)
     rows, total = paginate(db, stmt.where(model.operation_id == op_id), page)
-    return {
-        "kind": kind,
-        "items": [out.model_validate(r).model_dump(mode="json") for r in rows],
-        "total": total,
-        "limit": page.limit,
-        "offset": page.offset,
-    }
+    items = [out.model_validate(r).model_dump(mode="json") for r in rows]
+    return pagination.page(items, total, page, kind=kind)

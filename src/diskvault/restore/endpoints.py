@@ -41,7 +41,7 @@ def locate(settings: Settings, mount_id: str, path: str, partition: int | None) 
     """Look the mount up in a short session of its own (a download outlives the
     request's), extending its idle timeout, and place ``path`` on a partition."""
     with session_scope(settings.DATABASE_URL) as s:
-        row = service.get_mounted(settings, s, mount_id)
+        row = service.get_mounted(s, settings, mount_id)
         workdir, partitions = Path(row.workdir), list(row.partitions)
     return browse.locate(mount_id, partitions, partition, workdir, path)
 
@@ -54,7 +54,7 @@ def locate(settings: Settings, mount_id: str, path: str, partition: int | None) 
 )
 def mount(body: MountRequest, who: OperatorDep, settings: SettingsDep) -> Any:
     with session_scope(settings.DATABASE_URL) as s:
-        row = service.mount(settings, s, body.backup_id, who.username)
+        row = service.mount(s, settings, body.backup_id, who.username)
         return MountOut.model_validate(row)
 
 
@@ -141,7 +141,7 @@ def download_path(
 @router.delete("/{mount_id}", response_model=MountOut, summary="Unmount and clean up")
 def unmount(mount_id: str, _: OperatorDep, settings: SettingsDep) -> Any:
     with session_scope(settings.DATABASE_URL) as s:
-        return MountOut.model_validate(service.unmount(settings, s, mount_id))
+        return MountOut.model_validate(service.unmount(s, settings, mount_id))
 
 
 def startup(app: FastAPI) -> None:

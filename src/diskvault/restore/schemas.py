@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from diskvault.api.pagination import Page
+from diskvault.db.pagination import Page
 from diskvault.restore.models import MountStatus
 from diskvault.schemas_base import RequestModel
 

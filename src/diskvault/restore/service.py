@@ -19,12 +19,12 @@ import structlog
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from diskvault.api.pagination import PageParams, paginate
 from diskvault.backups import chain as backup_chain
 from diskvault.backups import service as backups
 from diskvault.config import Settings
 from diskvault.db.base import new_id
 from diskvault.db.engine import session_scope
+from diskvault.db.pagination import PageParams, paginate
 from diskvault.errors import DiskvaultError
 from diskvault.restore import mounts
 from diskvault.restore.errors import (
@@ -66,7 +66,7 @@ backup_chain.register_busy_check(mounted_by)
 # -- mount ---------------------------------------------------------------------------
 
 
-def mount(settings: Settings, session: Session, backup_id: str, owner: str | None) -> RestoreMount:
+def mount(session: Session, settings: Settings, backup_id: str, owner: str | None) -> RestoreMount:
     """Mount every filesystem of a restore point read-only; returns the mounted row."""
     mount_tool.require_mount_support()
     active = session.scalar(
@@ -129,7 +129,7 @@ def get(session: Session, mount_id: str) -> RestoreMount:
     return row
 
 
-def get_mounted(settings: Settings, session: Session, mount_id: str) -> RestoreMount:
+def get_mounted(session: Session, settings: Settings, mount_id: str) -> RestoreMount:
     """A mount that can be browsed here, its idle timeout extended."""
     row = get(session, mount_id)
     if row.status == MountStatus.mounting:
@@ -184,8 +184,8 @@ def keepalive(settings: Settings, mount_id: str) -> Callable[[], None]:
 
 
 def unmount(
-    settings: Settings,
     session: Session,
+    settings: Settings,
     mount_id: str,
     reason: str = "unmounted on request",
     *,
@@ -235,7 +235,7 @@ def expire_idle(settings: Settings) -> list[str]:
         reason = f"expired after {settings.RESTORE_IDLE_TIMEOUT_S} s without access"
         for mount_id in ids:
             try:
-                row = unmount(settings, s, mount_id, reason, idle_since=cutoff)
+                row = unmount(s, settings, mount_id, reason, idle_since=cutoff)
             except MountBusy:
                 continue  # accessed just now, or someone else is tearing it down
             if row.status == MountStatus.unmounted:
@@ -293,7 +293,7 @@ def shutdown(settings: Settings) -> None:
         ).all()
         for mount_id in ids:
             try:
-                unmount(settings, s, mount_id, "the server shut down")
+                unmount(s, settings, mount_id, "the server shut down")
             except DiskvaultError:
                 log.exception("unmount at shutdown failed", mount_id=mount_id)
     for workdir in mounts.local_workdirs():

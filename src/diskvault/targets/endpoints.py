@@ -9,6 +9,7 @@ from fastapi import status as http
 from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.responses import problems
+from diskvault.db import pagination
 from diskvault.domains import optional_module
 from diskvault.errors import Conflict, NotFound, Unprocessable
 from diskvault.images import errors as image_errors
@@ -63,7 +64,7 @@ def list_(
     image_id: str | None = None,
 ) -> Any:
     items, total = service.list_targets(db, page, status=status, image_id=image_id)
-    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
+    return pagination.page(items, total, page)
 
 
 @router.get("/machine/{machine_id}", response_model=TargetOut, summary="A machine's target")

@@ -23,10 +23,10 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from diskvault.api.pagination import PageParams, paginate
 from diskvault.config import Settings
 from diskvault.db.listing import Listing
 from diskvault.db.listing import apply as listing_apply
+from diskvault.db.pagination import PageParams, paginate
 from diskvault.domains import optional_module
 from diskvault.errors import Conflict, NotFound, Unprocessable
 from diskvault.targets import manager, secrets

@@ -18,31 +18,15 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from diskvault.api.paths import is_console_path
 from diskvault.errors import DiskvaultError
 from diskvault.web.render import HERE, back_to, error_page, redirect
 from diskvault.web.session import Console, LoginRequired, login_url
 
-# Everything outside these belongs to the console (and answers in HTML).
-API_PREFIXES = (
-    "/api/",
-    "/ws/",
-    "/boot/",
-    "/health",
-    "/metrics",
-    "/docs",
-    "/redoc",
-    "/openapi.json",
-)
 # What a middleware that refuses unauthenticated requests must let through to the app.
 PUBLIC_PATHS = ("/login", "/static/")
 
 Handler = Callable[[Request, Exception], Any]
-
-
-def is_console_path(path: str) -> bool:
-    """Console paths authenticate with the session cookie themselves (and send a stranger
-    to /login); an auth middleware in front of the app must let them through."""
-    return not path.startswith(API_PREFIXES)
 
 
 def is_console(request: Request) -> bool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from diskvault.api.deps import DbDep
-from diskvault.api.pagination import PageParams
 from diskvault.auth import service
 from diskvault.auth.schemas import ApiTokenCreate, SignupRequest, UserUpdate
+from diskvault.db.pagination import PageParams
 from diskvault.web.pages.common import ListDep, parse
 from diskvault.web.render import redirect, render
 from diskvault.web.session import AdminReaderDep, AdminWriterDep, AnyWriterDep, ReaderDep

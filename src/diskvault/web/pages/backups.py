@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from diskvault.api.deps import DbDep, SettingsDep
-from diskvault.api.pagination import PageParams
 from diskvault.backups import policies, registration, retention, service
 from diskvault.backups.schemas import (
     BackupStart,
@@ -17,6 +16,7 @@ from diskvault.backups.schemas import (
     RestoreRequest,
     Retention,
 )
+from diskvault.db.pagination import PageParams
 from diskvault.web import overview, svg
 from diskvault.web.pages.common import InvalidForm, ListDep, checkbox, form_errors, parse
 from diskvault.web.render import back_to, redirect, render
@@ -52,9 +52,9 @@ def source_detail(
     simulation = None
     if any(rules.values()):
         chosen = parse(Retention, rules).model_dump(exclude_none=True)
-        repo = service.local_repository(settings, db, request.query_params.get("repository"))
+        repo = service.local_repository(db, settings, request.query_params.get("repository"))
         simulation = retention.simulate(
-            settings, db, repository_id=repo.id, vm=source.name, rules=chosen
+            db, settings, repository_id=repo.id, vm=source.name, rules=chosen
         )
     context = {
         **lq.sorted_out(points, total, service.POINT_SORTS, "-created"),
@@ -105,7 +105,7 @@ def create_policy(who: OperatorWriterDep, db: DbDep, settings: SettingsDep) -> R
     form = dict(who.form)
     form["sources"] = [s for s in who.form_lists.get("sources", []) if s]
     body = parse(PolicyCreate, form)
-    policies.create(settings, db, body.model_dump())
+    policies.create(db, settings, body.model_dump())
     return redirect("/backups", ("info", f"Policy {body.name} created."))
 
 
@@ -113,8 +113,8 @@ def create_policy(who: OperatorWriterDep, db: DbDep, settings: SettingsDep) -> R
 def start_backup(who: OperatorWriterDep, db: DbDep, settings: SettingsDep) -> Response:
     body = parse(BackupStart, who.form)
     job = service.start(
-        settings,
         db,
+        settings,
         vm_name=body.vm_name,
         backup_type=body.backup_type,
         repository=body.repository,
@@ -139,7 +139,7 @@ def verify_point(
 def delete_point(
     request: Request, backup_id: str, who: OperatorWriterDep, db: DbDep, settings: SettingsDep
 ) -> Response:
-    job = service.request_delete(settings, db, backup_id, who.principal.username)
+    job = service.request_delete(db, settings, backup_id, who.principal.username)
     return redirect(f"/jobs/{job.id}", ("info", "Deleting the restore point."))
 
 
@@ -147,7 +147,7 @@ def delete_point(
 def run_policy(
     request: Request, ref: str, who: OperatorWriterDep, db: DbDep, settings: SettingsDep
 ) -> Response:
-    policies.run_now(settings, db, policies.get(db, ref), who.principal.username)
+    policies.run_now(db, settings, policies.get(db, ref), who.principal.username)
     return redirect(back_to(request, who, "/backups"), ("info", f"Policy {ref} started."))
 
 
@@ -162,6 +162,6 @@ def restore_point(who: OperatorWriterDep, db: DbDep, settings: SettingsDep) -> R
     body = parse(RestoreRequest, fields)
     backup_id = form.get("backup_id", "")
     job = service.request_restore(
-        settings, db, backup_id, body.model_dump(), who.principal.username
+        db, settings, backup_id, body.model_dump(), who.principal.username
     )
     return redirect(f"/jobs/{job.id}", ("info", f"Restoring to {kind}."))

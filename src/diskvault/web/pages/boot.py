@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from diskvault.api.deps import DbDep, SettingsDep
-from diskvault.api.pagination import PageParams
 from diskvault.boot import bootscript, writeback
 from diskvault.boot import service as machines
 from diskvault.boot.schemas import ApplyRequest, MachineCreate, MachineUpdate
+from diskvault.db.pagination import PageParams
 from diskvault.errors import DiskvaultError
 from diskvault.images import service as images
 from diskvault.images.models import ImageStatus

@@ -8,8 +8,9 @@ from typing import Annotated, Any, TypeVar, get_args, get_origin
 from fastapi import Depends, Query
 from pydantic import BaseModel, ValidationError
 
-from diskvault.api.pagination import PageParams
+from diskvault.db import pagination
 from diskvault.db.listing import Listing, effective_sort
+from diskvault.db.pagination import PageParams
 from diskvault.errors import BadRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -31,14 +32,7 @@ class ListQuery:
         return {**self.out(items, total), "sort": effective_sort(self.listing(), sorts, default)}
 
     def out(self, items: list[Any], total: int) -> dict[str, Any]:
-        return {
-            "items": items,
-            "total": total,
-            "limit": self.page.limit,
-            "offset": self.page.offset,
-            "sort": self.sort,
-            "q": self.q,
-        }
+        return pagination.page(items, total, self.page, sort=self.sort, q=self.q)
 
 
 def list_query(

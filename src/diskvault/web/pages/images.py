@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from diskvault.api.deps import DbDep, SettingsDep
-from diskvault.api.pagination import PageParams
 from diskvault.boot import service as boot_service
 from diskvault.boot import versions
 from diskvault.db.engine import session_scope
+from diskvault.db.pagination import PageParams
 from diskvault.images import download, service
 from diskvault.images.models import ImageStatus, ImageType
 from diskvault.images.schemas import ConvertRequest, ResizeRequest
@@ -88,8 +88,8 @@ def convert_image(
 ) -> Response:
     body = parse(ConvertRequest, who.form, compress=checkbox(who.form, "compress"))
     service.request_convert(
-        settings,
         db,
+        settings,
         image_id,
         body.target_format,
         compress=body.compress,
@@ -109,7 +109,7 @@ def resize_image(
         size_bytes = 0
     body = parse(ResizeRequest, {}, size=size_bytes, force=checkbox(who.form, "force"))
     service.request_resize(
-        settings, db, image_id, body.size, force=body.force, owner=who.principal.username
+        db, settings, image_id, body.size, force=body.force, owner=who.principal.username
     )
     return redirect(f"/images/{image_id}", ("info", f"Resizing to {size} GiB."))
 
@@ -119,7 +119,7 @@ def delete_image(
     image_id: str, who: OperatorWriterDep, db: DbDep, settings: SettingsDep
 ) -> Response:
     name = service.get(db, image_id).name
-    service.delete(settings, db, image_id)
+    service.delete(db, settings, image_id)
     return redirect("/images", ("info", f"Deleted image {name}."))
 
 

@@ -39,7 +39,7 @@ def mounts(request: Request, who: ReaderDep, settings: SettingsDep, lq: ListDep)
 def mount(who: OperatorWriterDep, settings: SettingsDep) -> Response:
     body = parse(MountRequest, who.form)
     with session_scope(settings.DATABASE_URL) as s:
-        mount_id = service.mount(settings, s, body.backup_id, who.principal.username).id
+        mount_id = service.mount(s, settings, body.backup_id, who.principal.username).id
     return redirect(f"/restore/{mount_id}", ("info", "Mounted read-only."))
 
 
@@ -88,5 +88,5 @@ def download_path(
 @router.post("/restore/{mount_id}/unmount")
 def unmount(mount_id: str, who: OperatorWriterDep, settings: SettingsDep) -> Response:
     with session_scope(settings.DATABASE_URL) as s:
-        service.unmount(settings, s, mount_id)
+        service.unmount(s, settings, mount_id)
     return redirect("/restore", ("info", "Unmounted."))
