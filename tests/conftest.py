@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from diskvault.config import Settings, load_settings
+from support import demo_jobs  # noqa: F401  (registers the test job kinds)
 from support.databases import pg_base_url, pg_reachable, temporary_pg_database
 from support.server import ADMIN_PASSWORD, ServerProcess
 

@@ -69,7 +69,6 @@ class Settings(BaseSettings):
     # A clean stop waits this long for interrupted jobs to wind down (systemd's
     # TimeoutStopSec=30 also covers uvicorn's 10 s for open requests).
     SHUTDOWN_GRACE_S: float = Field(default=15.0, ge=0, le=3600)
-    ENABLE_TEST_JOBS: bool = False
 
     # -- images --
     IMAGE_STORE_URL: str = ""  # empty: IMAGE_STORAGE_PATH; or s3://bucket/prefix?endpoint_url=...

@@ -78,7 +78,6 @@ MEANINGS = {
     "JOB_RETRY_FACTOR": "retry delay multiplier",
     "JOB_RETRY_MAX_ATTEMPTS": "attempts before a retriable job fails",
     "JOB_CANCEL_GRACE_S": "time a cancelled job's child processes get before SIGKILL",
-    "ENABLE_TEST_JOBS": "register the test job kinds (tests only)",
     "IMAGE_STORE_URL": "where images live: empty for IMAGE_STORAGE_PATH, or s3://bucket/prefix",
     "S3_ACCESS_KEY_ID": "S3 access key for IMAGE_STORE_URL and s3 repositories",
     "S3_SECRET_ACCESS_KEY": "S3 secret key (masked by `diskvault config show`)",

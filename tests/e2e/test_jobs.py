@@ -16,7 +16,6 @@ from support.jobs import submit, wait_for
 from support.server import ServerProcess
 
 TEST_ENV = {
-    "DISKVAULT_ENABLE_TEST_JOBS": "1",
     "DISKVAULT_JOB_RETRY_BASE_S": "0.2",
     "DISKVAULT_JOB_HEARTBEAT_S": "0.5",
 }
@@ -24,7 +23,7 @@ TEST_ENV = {
 
 @pytest.fixture(scope="module")
 def jobs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("jobs"), env=TEST_ENV)
+    proc = ServerProcess(tmp_path_factory.mktemp("jobs"), env=TEST_ENV, demo_jobs=True)
     proc.start()
     yield proc
     proc.stop()
@@ -149,7 +148,9 @@ def test_list_filters_and_stats(client: httpx.Client) -> None:
 def test_killed_server_fails_its_running_job_and_runs_queued_after_restart(
     tmp_path: Path,
 ) -> None:
-    proc = ServerProcess(tmp_path / "srv", env={**TEST_ENV, "DISKVAULT_WORKERS": "1"})
+    proc = ServerProcess(
+        tmp_path / "srv", env={**TEST_ENV, "DISKVAULT_WORKERS": "1"}, demo_jobs=True
+    )
     proc.start()
     with proc.client(proc.login()) as c:
         busy = submit(c, seconds=60, steps=60)

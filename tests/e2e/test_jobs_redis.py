@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,10 +15,9 @@ import redis
 
 from support.databases import pg_reachable, temporary_pg_database
 from support.jobs import submit, wait_for
-from support.server import ServerProcess
+from support.server import ServerProcess, diskvault_command, with_tests_path
 
 REDIS_URL = os.environ.get("DISKVAULT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-BIN = str(Path(sys.executable).parent / "diskvault")
 
 
 def _redis_ok() -> bool:
@@ -39,21 +37,23 @@ class Cluster:
             "DISKVAULT_QUEUE_URL": REDIS_URL,
             "DISKVAULT_QUEUE_NAME": f"dvtest-{uuid.uuid4().hex[:8]}",
             "DISKVAULT_DATABASE_URL": db_url,
-            "DISKVAULT_ENABLE_TEST_JOBS": "1",
             "DISKVAULT_JOB_HEARTBEAT_S": "0.5",
             "DISKVAULT_JOB_HEARTBEAT_TIMEOUT_S": "3",
             "DISKVAULT_JOB_REAPER_INTERVAL_S": "1",
         }
-        self.server = ServerProcess(root / "server", env={**self.env, "DISKVAULT_WORKERS": "0"})
+        self.server = ServerProcess(
+            root / "server", env={**self.env, "DISKVAULT_WORKERS": "0"}, demo_jobs=True
+        )
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
     def start_worker(self, node: str) -> None:
         data = self.root / node
         data.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "DISKVAULT_DATA_DIR": str(data), "DISKVAULT_WORKERS": "2"}
+        command = diskvault_command("worker", "--node", node, demo_jobs=True)
         log = open(data / "worker.log", "ab")  # noqa: SIM115 - the child owns it
         self.workers[node] = subprocess.Popen(
-            [BIN, "worker", "--node", node], env=env, stdout=log, stderr=subprocess.STDOUT
+            command, env=with_tests_path(env), stdout=log, stderr=subprocess.STDOUT
         )
 
     def stop(self) -> None:

@@ -27,7 +27,6 @@ from support.server import ServerProcess
 SLOW = {
     "DISKVAULT_IMAGE_CONVERT_RATE_LIMIT": str(MiB),
     "DISKVAULT_JOB_HEARTBEAT_S": "0.5",
-    "DISKVAULT_ENABLE_TEST_JOBS": "1",
     "DISKVAULT_SHUTDOWN_GRACE_S": "10",
 }
 GONE_WITHIN_S = 2.0  # the bound for children of a killed server
@@ -81,7 +80,7 @@ def partial_sizes(data_dir: Path) -> dict[str, int]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "srv", env=SLOW)
+    proc = ServerProcess(tmp_path / "srv", env=SLOW, demo_jobs=True)
     proc.start()
     yield proc
     proc.stop()

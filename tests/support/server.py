@@ -15,6 +15,20 @@ import httpx
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 BIN = Path(sys.executable).parent / "diskvault"
+TESTS = Path(__file__).resolve().parent.parent
+
+
+def diskvault_command(*args: str, demo_jobs: bool = False) -> list[str]:
+    """``diskvault ARGS``; with ``demo_jobs``, the test job kinds and their submit route
+    are loaded too (support/demo_cli.py), which needs :func:`with_tests_path`."""
+    if demo_jobs:
+        return [sys.executable, "-m", "support.demo_cli", *args]
+    return [str(BIN), *args]
+
+
+def with_tests_path(env: dict[str, str]) -> dict[str, str]:
+    paths = [str(TESTS), *filter(None, [env.get("PYTHONPATH")])]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def free_port() -> int:
@@ -25,8 +39,11 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, *, demo_jobs: bool = False
+    ) -> None:
         self.data_dir = data_dir
+        self.demo_jobs = demo_jobs
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
@@ -45,13 +62,16 @@ class ServerProcess:
         if "DISKVAULT_TEST_DATABASE_URL" in os.environ and "DISKVAULT_DATABASE_URL" not in env:
             env["DISKVAULT_DATABASE_URL"] = os.environ["DISKVAULT_TEST_DATABASE_URL"]
         env.update(self.extra_env)
-        return env
+        return with_tests_path(env) if self.demo_jobs else env
 
     def start(self, timeout: float = 60) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
-            [str(BIN), "serve"], env=self.env(), stdout=log, stderr=subprocess.STDOUT
+            diskvault_command("serve", demo_jobs=self.demo_jobs),
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

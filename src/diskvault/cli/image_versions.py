@@ -9,10 +9,8 @@ import typer
 
 from diskvault.cli.client import Client
 from diskvault.cli.common import JSON, QUIET, console, emit, print_table
-from diskvault.cli.images import app
 
 
-@app.command()
 def versions(
     image: str = typer.Argument(..., help="image id, id prefix or name"),
     as_json: bool = JSON,
@@ -50,7 +48,6 @@ def _versions(image_id: str, page: dict[str, Any]) -> None:
     )
 
 
-@app.command()
 def rollback(
     image: str = typer.Argument(..., help="image id, id prefix or name"),
     version: int = typer.Argument(..., help="the version to make current"),
@@ -65,3 +62,9 @@ def rollback(
     image_id = resolve_image(client, image)
     client.post(f"/api/v1/images/{image_id}/versions/{version}/rollback")
     console.print(f"image {image_id[:12]}: version {version} is current")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``versions`` and ``rollback`` to the ``image`` command group."""
+    app.command()(versions)
+    app.command()(rollback)

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import typer
 
+from diskvault.cli import image_versions
 from diskvault.cli.client import Client, Unreachable, api_error, server_path
 from diskvault.cli.common import (
     JSON,
@@ -390,6 +391,4 @@ def remove(
     console.print(f"{deleted} {status.upper()} image(s) deleted")
 
 
-# versions and rollback (diskless boot) live in image_versions.py; importing it
-# registers them on this app.
-from diskvault.cli import image_versions  # noqa: E402, F401
+image_versions.register(app)  # versions and rollback (diskless boot)

@@ -10,15 +10,15 @@ import anyio
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect, status
 
 from diskvault.api import guard
-from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
+from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.responses import problems
 from diskvault.config import Settings
 from diskvault.db import pagination
 from diskvault.errors import DiskvaultError, Forbidden
-from diskvault.jobs import errors, registry, service
+from diskvault.jobs import errors, service
 from diskvault.jobs.models import Job, JobStatus
-from diskvault.jobs.schemas import JobOut, JobStats, JobSubmit
+from diskvault.jobs.schemas import JobOut, JobStats
 from diskvault.jobs.stream import JobStreams
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=problems(errors, Forbidden))
@@ -41,19 +41,6 @@ def list_jobs(
 @router.get("/stats", response_model=JobStats)
 def job_stats(_: PrincipalDep, db: DbDep, settings: SettingsDep) -> Any:
     return service.stats(db, settings)
-
-
-@router.post("", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
-def submit_test_job(body: JobSubmit, principal: AdminDep, settings: SettingsDep, db: DbDep) -> Any:
-    """Submit a test-only job kind (needs DISKVAULT_ENABLE_TEST_JOBS=1)."""
-    kind = registry.get_kind(body.kind)
-    if not (kind.test_only and settings.ENABLE_TEST_JOBS):
-        raise Forbidden(
-            f"job kind {body.kind!r} cannot be submitted directly; "
-            "only test kinds can, with DISKVAULT_ENABLE_TEST_JOBS=1"
-        )
-    job = service.submit(settings, body.kind, body.params, node=body.node, owner=principal.username)
-    return service.get(db, job.id)
 
 
 @router.get("/{job_id}", response_model=JobOut)

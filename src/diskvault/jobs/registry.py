@@ -64,6 +64,5 @@ def get_kind(name: str) -> JobKind:
 def load_all() -> None:
     """Import every domain's ``tasks`` module, which registers its job kinds."""
     from diskvault.domains import domain_modules
-    from diskvault.jobs import demo  # noqa: F401
 
     domain_modules("tasks")

@@ -3,10 +3,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from diskvault.jobs.models import JobStatus
-from diskvault.schemas_base import RequestModel
 
 
 class JobOut(BaseModel):
@@ -34,12 +33,6 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-
-
-class JobSubmit(RequestModel):
-    kind: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict)
-    node: str | None = Field(default=None, max_length=128)
 
 
 class JobStats(BaseModel):

@@ -1,7 +1,9 @@
-"""``sleep-and-count``: a test-only job kind that exercises the job system.
+"""Test-only job kinds that exercise the job system, and the route that submits them.
 
-Registered always, but only submittable over the API when
-``DISKVAULT_ENABLE_TEST_JOBS=1``.
+Importing this module registers ``noop`` and ``sleep-and-count`` (tests/conftest.py
+does, for in-process tests). ``install(app)`` adds ``POST /api/v1/jobs`` for them;
+a ``diskvault serve`` or ``worker`` subprocess gets both through ``support.demo_cli``.
+Production has neither: its jobs are started by the domain that owns them.
 """
 
 from __future__ import annotations
@@ -9,9 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fastapi import APIRouter, FastAPI, status
+from pydantic import Field
+
+from diskvault.api.deps import AdminDep, DbDep, SettingsDep
+from diskvault.errors import Forbidden
+from diskvault.jobs import registry, service
 from diskvault.jobs.context import JobContext
 from diskvault.jobs.errors import RetriableError
 from diskvault.jobs.registry import job_kind
+from diskvault.jobs.schemas import JobOut
+from diskvault.schemas_base import RequestModel
 from diskvault.tools.process import Process
 
 
@@ -51,3 +61,26 @@ def sleep_and_count(ctx: JobContext) -> dict[str, Any]:
     if p.get("partial"):
         ctx.keep(Path(p["partial"]))
     return {"counted": steps, "attempt": ctx.attempt}
+
+
+class JobSubmit(RequestModel):
+    kind: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+    node: str | None = Field(default=None, max_length=128)
+
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+
+@router.post("", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
+def submit_test_job(body: JobSubmit, principal: AdminDep, settings: SettingsDep, db: DbDep) -> Any:
+    """Submit a test-only job kind."""
+    if not registry.get_kind(body.kind).test_only:
+        raise Forbidden(f"job kind {body.kind!r} cannot be submitted directly")
+    job = service.submit(settings, body.kind, body.params, node=body.node, owner=principal.username)
+    return service.get(db, job.id)
+
+
+def install(app: FastAPI) -> None:
+    # Before the app's own /api/v1/jobs/{job_id} routes would not matter: methods differ.
+    app.include_router(router)
