@@ -29,7 +29,7 @@ from _common import Table, drop_caches, fmt_bytes, ratio, run, timer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from diskvault.tools.iscsi import image_opts  # noqa: E402
+from support.iscsi import image_opts  # noqa: E402
 from support.server import ServerProcess  # noqa: E402
 from support.targets_tgtd import (  # noqa: E402
     INITIATOR,

@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from diskvault.tools import qemu_img  # noqa: E402
-from diskvault.tools.qemu_system import QemuVM  # noqa: E402
 from support.boot_env import cleanup_layers, pxe_vm, tgtd_env, write_tftp  # noqa: E402
 from support.jobs import wait_for  # noqa: E402
 from support.linux_guest import LINUX_MARKER, build_disk  # noqa: E402
+from support.qemu_vm import QemuVM  # noqa: E402
 from support.server import ServerProcess  # noqa: E402
 from support.targets_tgtd import kill_tgtd, tgtd_pid  # noqa: E402
 

@@ -38,7 +38,10 @@ import httpx
 from _common import Table, ratio
 from websockets.sync.client import connect
 
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import qemu_io
 
 MiB = 1024 * 1024
 BIN = Path(sys.executable).parent / "diskvault"

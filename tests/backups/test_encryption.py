@@ -25,8 +25,9 @@ from diskvault.backups.models import Backup, BackupRepository
 from diskvault.backups.sources.daemon import stop_stale
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
 from diskvault.tools.qsd import QsdServer
+from support import qemu_io
 from support.backups_env import add_repo, add_source, backup, image, point, save
 from support.backups_servers import qemu_nbd, url
 from support.crypto_env import MARKER, has_marker, make_key, marked_disk, opened, same_as

@@ -16,7 +16,8 @@ import pytest
 from diskvault.backups.models import BackupType
 from diskvault.backups.sources.libvirt import SHARE_ROOT
 from diskvault.config import Settings
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
+from support import qemu_io
 from support.backups_env import (
     add_repo,
     add_source,

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from diskvault.boot import sessions, writeback
-from diskvault.tools.iscsi import IscsiSession, read_lun
 from support.boot_env import (
     BootApp,
     MakeMachine,
@@ -25,6 +24,7 @@ from support.boot_env import (
 )
 from support.boot_sectors import marker_sector, writer_sector
 from support.http import assert_problem
+from support.iscsi import IscsiSession, read_lun
 
 MiB = 1024 * 1024
 

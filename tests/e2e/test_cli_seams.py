@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from subprocess import CompletedProcess
 
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
+from support import qemu_io
 from support.images_util import upload, wait_image
 from support.server import ServerProcess
 

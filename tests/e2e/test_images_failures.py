@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
+from support import qemu_io
 from support.http import assert_problem
 from support.images_util import MiB, temp_leftovers, upload, wait_image, wait_job_progress
 from support.jobs import wait_for

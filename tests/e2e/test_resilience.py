@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from diskvault.tools import children, qemu_img, qemu_io
+from diskvault.tools import children, qemu_img
+from support import qemu_io
 from support.backups_env import create_disk, same, write_random
 from support.images_util import MiB, upload, wait_image, wait_job_progress
 from support.jobs import submit, wait_for

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from diskvault.targets.backends import Chap
-from diskvault.tools.iscsi import IscsiError, IscsiSession, read_lun
 from support.http import assert_problem
+from support.iscsi import IscsiError, IscsiSession, read_lun
 from support.server import ServerProcess
 from support.targets_images import upload_image
 from support.targets_tgtd import (

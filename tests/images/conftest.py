@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
+from support import qemu_io
 from support.tmpfs import mounted_tmpfs
 
 MiB = 1024 * 1024

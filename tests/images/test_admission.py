@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from diskvault.config import Settings
 from diskvault.images import admission, digest, sparse
 from diskvault.jobs.runner import run_job
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
+from support import qemu_io
 from support.http import assert_problem, auth
 from support.images_util import (
     expected_raw,

@@ -18,8 +18,9 @@ from diskvault.images.files import (
     sha256_file,
     space_needed,
 )
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
 from diskvault.tools.process import Cancelled
+from support import qemu_io
 from support.images_util import MiB, expected_raw, patterned, reference_digest
 
 TiB = 1024 * 1024 * MiB

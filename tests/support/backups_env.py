@@ -15,7 +15,8 @@ from diskvault.backups.models import Backup, RepositoryKind, SourceKind
 from diskvault.config import Settings, load_settings
 from diskvault.db.engine import session_scope
 from diskvault.db.migrate import upgrade
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
+from support import qemu_io
 
 MiB = 1024 * 1024
 DISK = 64 * MiB

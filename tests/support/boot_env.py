@@ -21,11 +21,11 @@ from diskvault.config import Settings, load_settings
 from diskvault.db.engine import session_scope
 from diskvault.images.models import Image, ImageStatus
 from diskvault.tools import mount
-from diskvault.tools.qemu_system import QemuVM, pxe_args
 from diskvault.tools.qsd import kill_stale
 from support.boot_sectors import DISK_SIZE, write_disk
 from support.databases import pg_reachable, temporary_pg_database
 from support.http import auth
+from support.qemu_vm import QemuVM, pxe_args
 from support.server import ADMIN_PASSWORD
 from support.targets_tgtd import (
     free_control_port,

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
+from support import qemu_io
 
 MiB = 1024 * 1024
 # Written by every patterned test image: (offset, length, byte).

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from diskvault.config import Settings
 from diskvault.targets.backends import TgtBackend
-from diskvault.tools.iscsi import IscsiSession
 from diskvault.tools.tgt import TgtdServer
 from support.http import assert_problem, auth
+from support.iscsi import IscsiSession
 from support.targets_tgtd import INITIATOR, OTHER_INITIATOR, target_settings, write_known_image
 
 API = "/api/v1/targets"

@@ -17,8 +17,8 @@ from diskvault.targets import manager, service
 from diskvault.targets.backends import TgtBackend
 from diskvault.targets.models import Target, TargetStatus
 from diskvault.targets.reconcile import reconcile
-from diskvault.tools.iscsi import compare_lun
 from diskvault.tools.tgt import TgtdServer
+from support.iscsi import compare_lun
 from support.targets_tgtd import (
     INITIATOR,
     delete_all_targets,

@@ -25,8 +25,8 @@ from diskvault.targets.errors import (
     TargetExists,
 )
 from diskvault.targets.models import Target, TargetStatus
-from diskvault.tools.iscsi import IscsiError, IscsiSession, compare_lun, read_lun
 from diskvault.tools.tgt import TgtdServer
+from support.iscsi import IscsiError, IscsiSession, compare_lun, read_lun
 from support.targets_tgtd import (
     INITIATOR,
     OTHER_INITIATOR,

@@ -22,8 +22,8 @@ from diskvault.targets.errors import (
     TargetExists,
     TargetNotFound,
 )
-from diskvault.tools.iscsi import IscsiError, IscsiSession, compare_lun, iscsi_ls, read_lun
 from diskvault.tools.tgt import MAX_CONTROL_PORT, SOCKET_DIR, TgtdServer
+from support.iscsi import IscsiError, IscsiSession, compare_lun, iscsi_ls, read_lun
 
 INITIATOR = "iqn.2024-01.com.example:initiator-a"
 OTHER_INITIATOR = "iqn.2024-01.com.example:initiator-b"

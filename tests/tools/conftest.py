@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
+from support import qemu_io
 
 MiB = 1024 * 1024
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from diskvault.tools import qemu_img, qemu_io
+from diskvault.tools import qemu_img
 from diskvault.tools.process import Cancelled, ToolMissing
 from diskvault.tools.qemu_img import QemuImgError
-from diskvault.tools.qemu_io import QemuIoError
+from support import qemu_io
+from support.qemu_io import QemuIoError
 
 MiB = 1024 * 1024
 

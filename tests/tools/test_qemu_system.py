@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from diskvault.tools import ipxe
-from diskvault.tools.qemu_system import QemuVM
 from support.boot_sectors import MARKER, marker_sector, write_disk
+from support.qemu_vm import QemuVM
 
 
 def test_marker_disk_boots_from_a_local_drive(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from diskvault.tools.iscsi import IscsiSession
 from diskvault.tools.tgt import (
     MAX_CONTROL_PORT,
     SOCKET_DIR,
@@ -21,6 +20,7 @@ from diskvault.tools.tgt import (
     TgtStillActive,
     parse_targets,
 )
+from support.iscsi import IscsiSession
 from support.targets_tgtd import free_control_port, free_tcp_port
 
 IQN = "iqn.2024-01.com.example:tools-tgt"

@@ -29,7 +29,7 @@ from diskvault.tools.process import ToolError, ToolMissing, ToolTimeout, run
 ISCSI_LS = "iscsi-ls"
 QEMU_IMG = "qemu-img"
 QEMU_IO = "qemu-io"
-SECRET_ID = "iscsi-chap"  # noqa: S105 - the id of a QEMU object, not a secret
+SECRET_ID = "iscsi-chap"
 
 
 class IscsiError(ToolError):
