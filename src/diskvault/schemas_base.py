@@ -193,11 +193,6 @@ def _walk(root: Any, loc: Sequence[str | int]) -> tuple[type[BaseModel] | None, 
     return (tp if _is_model(tp) else None), tags
 
 
-def model_at(root: Any, loc: Sequence[str | int]) -> type[BaseModel] | None:
-    """The model that holds the field at ``loc`` under ``root`` (None if unknown)."""
-    return _walk(root, loc)[0]
-
-
 def _branch_tag(part: Any) -> bool:
     """A location part naming a scalar union branch (``str``, ``constrained-str``...)."""
     return isinstance(part, str) and (part in ("str", "int", "constrained-str") or "[" in part)

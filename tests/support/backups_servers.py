@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from diskvault.tools import nbd
-from diskvault.tools.qsd import QsdServer
+from support.qsd_test import TestQsd
 
 
 @contextmanager
@@ -66,7 +66,7 @@ def fake_vm(workdir: Path, disk: Path) -> Iterator[tuple[Path, str]]:
         "--monitor",
         "chardev=vm",
     ]
-    with QsdServer(workdir, name="vm", args=extra) as qsd:
+    with TestQsd(workdir, name="vm", args=extra) as qsd:
         qsd.blockdev_add("drive0", "qcow2", filename=disk)
         qsd.add_nbd_server(workdir / "vm-nbd.sock")
         qsd.add_nbd_export("guest", "drive0", "guest", writable=True)

@@ -203,11 +203,9 @@ def machine_factory(app: BootApp) -> MakeMachine:
 
 def write_tftp(directory: Path, api_port: int) -> Path:
     """A TFTP root whose boot.ipxe chains the server's boot script (10.0.2.2 is the host)."""
-    from diskvault.tools.ipxe import chain_script
-
     directory.mkdir(parents=True, exist_ok=True)
     url = f"http://10.0.2.2:{api_port}/boot/ipxe?mac=${{net0/mac}}"
-    (directory / "boot.ipxe").write_text(chain_script(url))
+    (directory / "boot.ipxe").write_text(f"#!ipxe\ndhcp\nchain {url}\n")
     return directory
 
 

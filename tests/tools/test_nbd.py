@@ -10,7 +10,7 @@ import pytest
 
 from diskvault.tools import nbd
 from diskvault.tools.process import ToolTimeout, run
-from diskvault.tools.qsd import QsdServer
+from support.qsd_test import TestQsd
 
 MiB = 1024 * 1024
 
@@ -20,7 +20,7 @@ def export(tmp_path: Path) -> Iterator[str]:
     """A writable NBD export of a fresh 8 MiB qcow2 tracked by bitmap ``b0``."""
     image = tmp_path / "disk.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(8 * MiB)], timeout=30)
-    with QsdServer(tmp_path / "qsd", name="nbd-test") as qsd:
+    with TestQsd(tmp_path / "qsd", name="nbd-test") as qsd:
         qsd.blockdev_add("disk", filename=image)
         qsd.bitmap_add("disk", "b0", persistent=False)
         sock = tmp_path / "nbd.sock"

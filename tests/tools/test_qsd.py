@@ -23,6 +23,7 @@ from diskvault.tools.qsd import (
     bitmap_add_action,
     kill_stale,
 )
+from support.qsd_test import TestQsd
 
 MiB = 1024 * 1024
 
@@ -56,8 +57,8 @@ def make_image(path: Path, size: int, *writes: tuple[int, int, int]) -> Path:
 
 
 @pytest.fixture
-def qsd(tmp_path: Path) -> Iterator[QsdServer]:
-    server = QsdServer(tmp_path / "qsd", name="test")
+def qsd(tmp_path: Path) -> Iterator[TestQsd]:
+    server = TestQsd(tmp_path / "qsd", name="test")
     server.start()
     try:
         yield server
@@ -73,7 +74,7 @@ def nbd_url(qsd: QsdServer, node: str, bitmaps: tuple[str, ...] = ()) -> str:
 
 
 def test_start_handshake_and_stop(tmp_path: Path) -> None:
-    server = QsdServer(tmp_path / "w", name="t")
+    server = TestQsd(tmp_path / "w", name="t")
     with server:
         assert server.running
         assert server.qmp("query-version")["qemu"]["major"] >= 7
@@ -91,7 +92,7 @@ def test_usable_from_other_threads(qsd: QsdServer) -> None:
 
 
 def test_start_failure_carries_stderr(tmp_path: Path) -> None:
-    server = QsdServer(tmp_path / "w", name="t", args=["--blockdev", "driver=nosuchdriver"])
+    server = TestQsd(tmp_path / "w", name="t", args=["--blockdev", "driver=nosuchdriver"])
     with pytest.raises(QsdError, match="nosuchdriver"):
         server.start()
     assert not server.running
@@ -173,7 +174,7 @@ def test_full_then_incremental_backup_chain(qsd: QsdServer, tmp_path: Path) -> N
 
 def test_bitmap_survives_restart(tmp_path: Path) -> None:
     src = make_image(tmp_path / "src.qcow2", 4 * MiB)
-    with QsdServer(tmp_path / "q1", name="q1") as qsd:
+    with TestQsd(tmp_path / "q1", name="q1") as qsd:
         qsd.blockdev_add("src", filename=src)
         qsd.bitmap_add("src", "keep")
         qsd.bitmap_add("src", "volatile", persistent=False)
@@ -181,7 +182,7 @@ def test_bitmap_survives_restart(tmp_path: Path) -> None:
     info = json.loads(qemu_img("info", "--output=json", src))
     names = [b["name"] for b in info["format-specific"]["data"]["bitmaps"]]
     assert names == ["keep"]
-    with QsdServer(tmp_path / "q2", name="q2") as qsd:
+    with TestQsd(tmp_path / "q2", name="q2") as qsd:
         qsd.blockdev_add("src", filename=src)
         (bitmap,) = qsd.query_bitmaps("src")
         assert (bitmap["name"], bitmap["count"]) == ("keep", 131072)
@@ -264,7 +265,7 @@ def test_block_commit_active_layer(qsd: QsdServer, tmp_path: Path) -> None:
 
 def test_kill_stale_after_crash_then_stop_unmounts(tmp_path: Path) -> None:
     image = make_image(tmp_path / "img.qcow2", MiB)
-    server = QsdServer(tmp_path / "w", name="t")
+    server = TestQsd(tmp_path / "w", name="t")
     server.start()
     try:
         export = server.export_image_fuse(image, "qcow2", tmp_path / "img.raw")
@@ -282,7 +283,7 @@ def test_connect_to_another_monitor(tmp_path: Path) -> None:
     """The VM case: a second QMP monitor on a socket we did not create."""
     sock = tmp_path / "vm.sock"
     extra = ["--chardev", f"socket,path={sock},server=on,wait=off,id=vm", "--monitor", "chardev=vm"]
-    with QsdServer(tmp_path / "w", name="t", args=extra) as server, connect(sock) as client:
+    with TestQsd(tmp_path / "w", name="t", args=extra) as server, connect(sock) as client:
         client.blockdev_add("n0", filename=make_image(tmp_path / "a.qcow2", MiB), read_only=True)
         assert server.query_node("n0")["ro"] is True
     with pytest.raises(QsdError, match="QMP connect"):

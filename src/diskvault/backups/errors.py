@@ -120,10 +120,6 @@ class NotSupportedHere(BadRequest):
     template = "{detail}"
 
 
-class ChainBroken(BackupError):
-    template = "chain of {id} is broken: {detail}; take a new full backup"
-
-
 class VerifyFailed(BackupError):
     template = "verification of {id} found {count} problem(s): {detail}"
 

@@ -137,13 +137,6 @@ def delete(session: Session, ref: str) -> BackupPolicy:
     return row
 
 
-def for_source(session: Session, vm_name: str) -> BackupPolicy | None:
-    for policy in session.scalars(select(BackupPolicy).order_by(BackupPolicy.created_at)):
-        if vm_name in policy.sources:
-            return policy
-    return None
-
-
 def run_now(
     session: Session, settings: Settings, policy: BackupPolicy, owner: str | None
 ) -> list[str]:

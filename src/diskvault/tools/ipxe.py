@@ -54,11 +54,6 @@ def retry_script(message: str, delay_s: int, chain_url: str | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
-def chain_script(url: str) -> str:
-    """The TFTP ``boot.ipxe`` that fetches the per-machine script over HTTP."""
-    return f"#!ipxe\ndhcp\nchain {url}\n"
-
-
 def dnsmasq_proxy_snippet(*, server: str, http_port: int, tftp_root: str) -> str:
     """Proxy-DHCP: keeps the existing DHCP server, adds PXE boot pointing at us.
 

@@ -190,39 +190,6 @@ class BlockClient:
 
     # -- exports -------------------------------------------------------------
 
-    def add_nbd_server(self, addr: Path | tuple[str, int]) -> None:
-        """Start the NBD server on a unix socket or a loopback ``(host, port)``."""
-        if isinstance(addr, tuple):
-            host, port = addr
-            sock = {"type": "inet", "data": {"host": host, "port": str(port)}}
-        else:
-            sock = {"type": "unix", "data": {"path": str(addr)}}
-        self.qmp("nbd-server-start", addr=sock)
-
-    def nbd_server_stop(self) -> None:
-        self.qmp("nbd-server-stop")
-
-    def add_nbd_export(
-        self,
-        export_id: str,
-        node_name: str,
-        name: str | None = None,
-        *,
-        writable: bool = False,
-        bitmaps: Sequence[str] = (),
-    ) -> None:
-        """Export a node over NBD; each bitmap appears as ``qemu:dirty-bitmap:<name>``."""
-        args: dict[str, Any] = {
-            "type": "nbd",
-            "id": export_id,
-            "node-name": node_name,
-            "name": name or node_name,
-            "writable": writable,
-        }
-        if bitmaps:
-            args["bitmaps"] = list(bitmaps)
-        self.qmp("block-export-add", args)
-
     def export_del(self, export_id: str, *, timeout: float = 10.0) -> None:
         """Remove an export and wait until QSD has really released it."""
         self.qmp("block-export-del", id=export_id)
@@ -234,16 +201,8 @@ class BlockClient:
 
     # -- dirty bitmaps -------------------------------------------------------
 
-    def bitmap_add(self, node: str, name: str, *, persistent: bool = True) -> None:
-        self.qmp(
-            "block-dirty-bitmap-add", bitmap_add_action(node, name, persistent=persistent)["data"]
-        )
-
     def bitmap_remove(self, node: str, name: str) -> None:
         self.qmp("block-dirty-bitmap-remove", node=node, name=name)
-
-    def bitmap_clear(self, node: str, name: str) -> None:
-        self.qmp("block-dirty-bitmap-clear", node=node, name=name)
 
     def query_bitmaps(self, node: str) -> list[dict[str, Any]]:
         """Bitmaps on ``node``: name, count (dirty bytes), granularity, persistent..."""
@@ -274,33 +233,6 @@ class BlockClient:
             compress=compress,
         )
         self.qmp("blockdev-backup", action["data"])
-
-    def block_stream(
-        self, job_id: str, device: str, *, base_node: str | None = None, speed: int | None = None
-    ) -> None:
-        """Copy the backing data of ``device`` (down to ``base_node``) into it."""
-        args = {"job-id": job_id, "device": device, "base-node": base_node, "speed": speed}
-        self.qmp("block-stream", _drop_none({**args, "auto-dismiss": False}))
-
-    def block_commit(
-        self,
-        job_id: str,
-        device: str,
-        *,
-        top_node: str | None = None,
-        base_node: str | None = None,
-        speed: int | None = None,
-    ) -> None:
-        """Merge ``top_node`` (default: the active layer) down into ``base_node``."""
-        args = {
-            "job-id": job_id,
-            "device": device,
-            "top-node": top_node,
-            "base-node": base_node,
-            "speed": speed,
-            "auto-dismiss": False,
-        }
-        self.qmp("block-commit", _drop_none(args))
 
     def _job(self, job_id: str) -> dict[str, Any] | None:
         return next((j for j in self.qmp("query-jobs") if j["id"] == job_id), None)

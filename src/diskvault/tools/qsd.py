@@ -260,8 +260,3 @@ class QsdServer(BlockClient):
         except QsdError:
             self.blockdev_del(node)
             raise
-
-    def close_export(self, export: FuseExport) -> None:
-        """Undo :meth:`export_image_fuse`."""
-        self.export_del(export.export_id)
-        self.blockdev_del(export.node_name)

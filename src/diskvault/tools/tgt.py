@@ -246,9 +246,6 @@ class Tgtadm:
         backing = ["--backing-store", os.fspath(path), "--bstype", bstype, *extra]
         self._op("new", "logicalunit", "--tid", tid, "--lun", lun, *backing)
 
-    def delete_lun(self, tid: int, lun: int) -> None:
-        self._op("delete", "logicalunit", "--tid", tid, "--lun", lun)
-
     def bind_initiator_name(self, tid: int, initiator: str, unbind: bool = False) -> None:
         """Allow (or with ``unbind`` stop allowing) the initiator named ``initiator``."""
         op = "unbind" if unbind else "bind"

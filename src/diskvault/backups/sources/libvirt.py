@@ -23,7 +23,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import quote
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
@@ -40,6 +39,7 @@ from diskvault.backups.sources.base import (
 )
 from diskvault.backups.sources.nbd import NbdSession
 from diskvault.backups.sources.qcow2 import common_reason
+from diskvault.tools import nbd
 
 JOB_END_TIMEOUT = 30.0
 SHARE_ROOT = "/var/tmp"
@@ -148,7 +148,7 @@ class LibvirtSession:
         except libvirt.libvirtError as exc:
             raise self._unavailable(_message(exc)) from exc
         self._new = new
-        url = f"nbd+unix:///{quote(self.disk)}?socket={quote(str(socket))}"
+        url = nbd.unix_url(socket, self.disk)
         reader = NbdSession(
             self.source.name, self.index, url, f"backup-{self.disk}" if since else None, self.opts
         )
