@@ -1,28 +1,20 @@
 from __future__ import annotations
 
-import functools
-import shutil
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from diskvault.api.deps import DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.problems import problem_response
 from diskvault.api.responses import problems
-from diskvault.config import Settings
 from diskvault.db import pagination
 from diskvault.db.engine import session_scope
-from diskvault.errors import DiskvaultError
-from diskvault.images import admission, download, errors, importer, intake, service, sparse, upload
+from diskvault.images import admission, download, errors, importer, intake, service
 from diskvault.images.errors import (
-    InsufficientSpace,
     RangeNotSatisfiable,
-    UnsafeImage,
-    UploadTooLarge,
 )
-from diskvault.images.models import Image, ImageStatus, ImageType
+from diskvault.images.models import ImageStatus, ImageType
 from diskvault.images.schemas import (
     AutoTarget,
     ConversionStatus,
@@ -42,33 +34,6 @@ PageDep = Annotated[PageParams, Depends(page_params)]
 
 # Operators and admins; checked by api.guard before a byte of the upload is read.
 UploadPrincipalDep = OperatorDep
-
-
-def _new_upload(settings: Settings, name: str, owner: str, fields: dict[str, str]) -> Image:
-    with session_scope(settings.DATABASE_URL) as s:
-        image = service.create(
-            s,
-            settings,
-            name=name,
-            owner=owner,
-            source="upload",
-            claimed_format=fields.get("format"),
-        )
-        s.expunge(image)
-        return image
-
-
-def _upload_failed(settings: Settings, image_id: str, exc: BaseException) -> None:
-    if isinstance(exc, UnsafeImage):
-        service.reject(settings, image_id, exc)
-        service.partial_path(settings, image_id).unlink(missing_ok=True)
-        return
-    if isinstance(exc, DiskvaultError):
-        message = f"upload failed: {exc.message}"
-    else:
-        message = "the upload was interrupted before all bytes arrived; upload again"
-    service.reject(settings, image_id, RuntimeError(message), reason="upload-failed")
-    service.partial_path(settings, image_id).unlink(missing_ok=True)
 
 
 @router.post(
@@ -103,22 +68,6 @@ async def upload_image(
     stream), is answered 422 (its bytes deleted); a safe one is 202 and verified
     and converted by a job (see ``job_id`` and ``/conversion-status``).
     """
-    limit = service.max_file_bytes(settings)
-    length = request.headers.get("content-length", "")
-    if length.isdigit():
-        if int(length) > limit + upload.MAX_FIELDS_BYTES:
-            raise UploadTooLarge(size=int(length), limit=limit)
-        free = shutil.disk_usage(settings.temp_dir).free
-        if int(length) > free:
-            raise InsufficientSpace(
-                path=str(settings.temp_dir), needed=int(length), free=free, action="this upload"
-            )
-    content_type = request.headers.get("content-type", "")
-    is_sparse = content_type.split(";")[0].strip().lower() == sparse.CONTENT_TYPE
-    if not is_sparse:
-        upload.boundary_of(content_type)
-    expected = admission.Expected.parse(request.headers, request.query_params)
-    expected.refuse_unverifiable(sparse=is_sparse)
     defaults = {
         key: value
         for key, value in {
@@ -129,47 +78,14 @@ async def upload_image(
         }.items()
         if value
     }
-    await anyio.to_thread.run_sync(_check_jobs, settings, principal.username)
-    with admission.upload_slot(settings, principal.username):
-        image = await anyio.to_thread.run_sync(
-            _new_upload, settings, name or "", principal.username, defaults
-        )
-        partial = service.partial_path(settings, image.id)
-        body = upload.idle_limited(request.stream(), settings.UPLOAD_IDLE_TIMEOUT_S)
-        try:
-            if is_sparse:
-                received = await upload.receive_sparse(body, partial, limit=limit)
-            else:
-                received = await upload.receive(body, content_type, partial, limit=limit)
-                expected = admission.Expected.parse(
-                    request.headers, request.query_params, received.fields
-                )
-                expected.refuse_unverifiable(sparse=False)
-            expected.verify(received.sha256, received.digest)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_upload_failed, settings, image.id, exc)
-            if isinstance(exc, UnsafeImage):
-                exc.fields["image_id"] = image.id
-            raise
-    accept = functools.partial(
-        intake.accept_upload,
+    return await intake.receive_upload(
         settings,
-        image.id,
-        partial,
-        fields={**defaults, **received.fields},
-        filename=received.filename,
-        size=received.size,
-        sha256=received.sha256,
-        digest=received.digest,
-        verified=expected.kind,
+        principal.username,
+        request.stream(),
+        headers=request.headers,
+        query=request.query_params,
+        defaults=defaults,
     )
-    return await anyio.to_thread.run_sync(accept)
-
-
-def _check_jobs(settings: Settings, user: str) -> None:
-    with session_scope(settings.DATABASE_URL) as s:
-        admission.check_jobs(s, settings, user)
 
 
 @router.post(
