@@ -9,7 +9,7 @@ import pytest
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.db.migrate import upgrade
-from diskvault.images import pipeline, service, tasks
+from diskvault.images import pipeline, service, staging, tasks
 from diskvault.images.errors import (
     ImageBusy,
     ImageInUse,
@@ -96,11 +96,11 @@ def test_resize_rules(db: Settings) -> None:
 def test_stale_uploads_become_errors(db: Settings) -> None:
     fresh = make(db, status=ImageStatus.UPLOADING)
     stale = make(db, status=ImageStatus.UPLOADING)
-    partial = service.partial_path(db, stale)
+    partial = staging.partial_path(db, stale)
     partial.write_bytes(b"half")
     old = time.time() - service.STALE_UPLOAD_S - 60
     os.utime(partial, (old, old))
-    service.partial_path(db, fresh).write_bytes(b"still coming")
+    staging.partial_path(db, fresh).write_bytes(b"still coming")
     assert tasks.fail_stale_uploads(db) == 1
     assert load(db, stale).status == ImageStatus.ERROR and not partial.exists()
     assert load(db, fresh).status == ImageStatus.UPLOADING
@@ -108,7 +108,7 @@ def test_stale_uploads_become_errors(db: Settings) -> None:
 
 def test_failure_keeps_a_verified_source_and_ignores_stale_jobs(db: Settings) -> None:
     image_id = make(db, status=ImageStatus.CONVERTING, job_id="job-2", format="raw")
-    staged = service.staged_path(db, image_id)
+    staged = staging.staged_path(db, image_id)
     staged.write_bytes(b"\1" * 4096)
     leftover = db.temp_dir / f"{image_id}-job-2.qcow2.partial"
     leftover.write_bytes(b"partial")
@@ -127,7 +127,7 @@ def test_failure_keeps_a_verified_source_and_ignores_stale_jobs(db: Settings) ->
 
 def test_unverified_bytes_are_dropped_on_failure(db: Settings, tmp_path: Path) -> None:
     image_id = make(db, status=ImageStatus.PROCESSING, job_id="j")
-    staged = service.staged_path(db, image_id)
+    staged = staging.staged_path(db, image_id)
     staged.write_bytes(b"unverified")
     pipeline.settle_failure(db, "j", {"image_id": image_id}, "qemu-img timed out")
     image = load(db, image_id)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session
 
 from diskvault.config import Settings
-from diskvault.images import files, service
+from diskvault.images import files, service, staging
 from diskvault.images.errors import ImportFailed, ImportRefused
 from diskvault.images.models import Image
 from diskvault.images.schemas import ImageImport
@@ -92,7 +92,7 @@ def request_import(
     """Check the source now (a path's headers are inspected at once), then queue the import."""
     if body.path is not None:
         with open_import_path(settings, body.path) as src:
-            service.inspect_staged(settings, src, body.format)
+            staging.inspect_staged(settings, src, body.format)
         source, params = body.path, {"path": body.path}
         name = body.name or Path(body.path).name
     else:
@@ -114,7 +114,7 @@ def request_import(
         settings,
         "image-import",
         {"image_id": image.id, **params},
-        node=service.job_node(settings, staged=True),
+        node=staging.job_node(settings, staged=True),
         owner=owner,
         session=session,
     )

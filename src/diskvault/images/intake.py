@@ -18,10 +18,11 @@ import anyio
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.errors import DiskvaultError
-from diskvault.images import admission, service, sparse, upload
+from diskvault.images import admission, service, sparse, staging, upload
 from diskvault.images.errors import InsufficientSpace, InvalidUpload, UnsafeImage, UploadTooLarge
 from diskvault.images.models import Image, ImageType
-from diskvault.images.service import get, reject, staged_path, start_processing
+from diskvault.images.service import get, start_processing
+from diskvault.images.staging import reject, staged_path
 
 
 def accept_upload(
@@ -86,7 +87,7 @@ async def receive_upload(
     An unsafe image, or one whose checksum differs from the client's, raises (its
     bytes deleted, the image left in ERROR); a safe one comes back with its job.
     """
-    limit = service.max_file_bytes(settings)
+    limit = staging.max_file_bytes(settings)
     length = headers.get("content-length", "")
     if length.isdigit():
         if int(length) > limit + upload.MAX_FIELDS_BYTES:
@@ -107,7 +108,7 @@ async def receive_upload(
         image = await anyio.to_thread.run_sync(
             _new_upload, settings, defaults.get("name") or "", owner, defaults
         )
-        partial = service.partial_path(settings, image.id)
+        partial = staging.partial_path(settings, image.id)
         stream = upload.idle_limited(body, settings.UPLOAD_IDLE_TIMEOUT_S)
         try:
             if is_sparse:
@@ -170,4 +171,4 @@ def _upload_failed(settings: Settings, image_id: str, exc: BaseException) -> Non
     else:
         message = "the upload was interrupted before all bytes arrived; upload again"
         reject(settings, image_id, RuntimeError(message), reason="upload-failed")
-    service.partial_path(settings, image_id).unlink(missing_ok=True)
+    staging.partial_path(settings, image_id).unlink(missing_ok=True)

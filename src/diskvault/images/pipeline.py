@@ -27,13 +27,7 @@ from diskvault.images.digest import file_digest
 from diskvault.images.errors import ShrinkRefused, UnsafeImage
 from diskvault.images.inspect import check_with_qemu_img, verify_with_qemu_img
 from diskvault.images.models import Image, ImageStatus
-from diskvault.images.service import (
-    inspect_staged,
-    reject,
-    staged_path,
-    target_for,
-    update_image,
-)
+from diskvault.images.staging import inspect_staged, reject, staged_path, target_for, update_image
 from diskvault.images.store import ImageStore
 from diskvault.jobs.context import JobContext
 from diskvault.tools import qemu_img

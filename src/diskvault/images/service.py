@@ -11,7 +11,6 @@ any check reports a use.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -31,8 +30,8 @@ from diskvault.images.errors import (
     ShrinkRefused,
     UnsafeImage,
 )
-from diskvault.images.inspect import Inspection, inspect_file
 from diskvault.images.models import Image, ImageStatus, ImageType
+from diskvault.images.staging import inspect_staged, job_node, reject, staged_path
 from diskvault.images.store import ImageStore
 from diskvault.jobs import service as jobs
 from diskvault.jobs.models import Job
@@ -70,35 +69,6 @@ def usage(session: Session, image_id: str) -> str | None:
             return f"{check.__module__} could not tell ({type(exc).__name__}), so it may be"
         if reason:
             return reason
-    return None
-
-
-# -- paths and limits ---------------------------------------------------------
-
-
-def staged_path(settings: Settings, image_id: str) -> Path:
-    """Where an image's received bytes wait for inspection and conversion."""
-    return settings.temp_dir / f"{image_id}.source"
-
-
-def partial_path(settings: Settings, image_id: str) -> Path:
-    """Where an upload or import writes until all its bytes have arrived."""
-    return settings.temp_dir / f"{image_id}.source.partial"
-
-
-def max_file_bytes(settings: Settings) -> int:
-    """The largest file that could hold an image under the virtual size limit."""
-    return settings.MAX_VIRTUAL_SIZE + settings.MAX_VIRTUAL_SIZE // 100 + 64 * 1024 * 1024
-
-
-def target_for(settings: Settings, image: Image) -> str:
-    return image.target_format or settings.DEFAULT_TARGET_FORMAT
-
-
-def job_node(settings: Settings, *, staged: bool) -> str | None:
-    """Staged bytes and a local store live on this node, so their jobs must run here."""
-    if staged or not settings.IMAGE_STORE_URL:
-        return settings.NODE
     return None
 
 
@@ -173,11 +143,6 @@ def conversion_status(session: Session, image_id: str) -> dict[str, Any]:
 # -- writing ------------------------------------------------------------------
 
 
-def update_image(settings: Settings, image_id: str, **values: Any) -> None:
-    with session_scope(settings.DATABASE_URL) as s:
-        s.execute(update(Image).where(Image.id == image_id).values(**values))
-
-
 def create(
     session: Session,
     settings: Settings,
@@ -201,25 +166,6 @@ def create(
     session.add(image)
     session.commit()
     return image
-
-
-def inspect_staged(settings: Settings, path: Path, claimed: str | None) -> Inspection:
-    return inspect_file(path, claimed_format=claimed, max_virtual_size=settings.MAX_VIRTUAL_SIZE)
-
-
-def reject(
-    settings: Settings, image_id: str, error: Exception, *, reason: str | None = None
-) -> None:
-    """The received bytes are unusable: delete them and record why."""
-    staged_path(settings, image_id).unlink(missing_ok=True)
-    message = getattr(error, "message", str(error))
-    with session_scope(settings.DATABASE_URL) as s:
-        image = s.get(Image, image_id)
-        if image is None:
-            return
-        image.status = ImageStatus.ERROR
-        image.error = message
-        image.details = {**image.details, "reason": reason or getattr(error, "reason", None)}
 
 
 def start_processing(settings: Settings, image_id: str, claimed: str | None) -> Image:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
-from diskvault.images import importer, pipeline, service, urls
+from diskvault.images import importer, pipeline, service, staging, urls
 from diskvault.images.models import Image, ImageStatus
 from diskvault.jobs.context import JobContext
 from diskvault.jobs.registry import FailureHook, job_kind
@@ -49,7 +49,7 @@ def import_image(ctx: JobContext) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         settings = ctx.settings
         image_id = ctx.params["image_id"]
-        partial = ctx.cleanup_on_failure(service.partial_path(settings, image_id))
+        partial = ctx.cleanup_on_failure(staging.partial_path(settings, image_id))
         ctx.progress(message="fetching", force=True)
         if ctx.params.get("path"):
             size, sha = importer.copy_path(settings, ctx.params["path"], partial)
@@ -58,12 +58,12 @@ def import_image(ctx: JobContext) -> dict[str, Any]:
                 settings,
                 ctx.params["url"],
                 partial,
-                limit=service.max_file_bytes(settings),
+                limit=staging.max_file_bytes(settings),
                 progress=lambda done, total: ctx.progress(done, total, message="downloading"),
                 should_cancel=ctx.should_cancel,
             )
-        os.replace(partial, service.staged_path(settings, image_id))
-        service.update_image(
+        os.replace(partial, staging.staged_path(settings, image_id))
+        staging.update_image(
             settings,
             image_id,
             status=ImageStatus.PROCESSING,
@@ -111,7 +111,7 @@ def fail_stale_uploads(settings: Settings) -> int:
         for image in rows:
             if image.details.get("node") != settings.NODE:
                 continue
-            partial = service.partial_path(settings, image.id)
+            partial = staging.partial_path(settings, image.id)
             touched = partial.stat().st_mtime if partial.exists() else image.updated_at.timestamp()
             if now - touched > service.STALE_UPLOAD_S:
                 partial.unlink(missing_ok=True)
