@@ -25,6 +25,8 @@ DISK = 64 * MiB
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     settings = load_settings(DATA_DIR=data_dir, WORKERS=0, **overrides)
     upgrade(settings.DATABASE_URL)
+    with session_scope(settings.DATABASE_URL) as s:
+        service.ensure_default_repository(s, settings)  # as serve's start-up does
     return settings
 
 

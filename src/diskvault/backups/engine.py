@@ -12,7 +12,6 @@ import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from diskvault.backups import chain as chains
-from diskvault.backups import checksums, keys
+from diskvault.backups import checksums, keys, records
 from diskvault.backups import repository as repo_files
 from diskvault.backups.errors import RepositoryFull, SourceNotFound
 from diskvault.backups.locks import disk_lock, lock_key
@@ -31,18 +30,17 @@ from diskvault.backups.models import (
     BackupRepository,
     BackupSource,
     BackupStatus,
-    BackupType,
 )
 from diskvault.backups.sources import SOURCES
 from diskvault.backups.sources.base import (
+    Copied,
     DiskSession,
     Kind,
-    Plan,
     Previous,
     RunOptions,
+    Source,
     Storage,
 )
-from diskvault.backups.sources.base import tracking_name as marker
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.tools.process import Cancelled
@@ -79,7 +77,7 @@ def run(
         row = s.scalar(select(BackupSource).where(BackupSource.name == req.vm_name))
         if row is None:
             raise SourceNotFound(id=req.vm_name)
-        source = SOURCES[row.kind.value](row.name, dict(row.config))
+        source: Source = SOURCES[row.kind.value](row.name, dict(row.config))
     ids = []
     count = source.disk_count()
     for disk in range(count):
@@ -91,21 +89,6 @@ def run(
 
         ids.append(_run_disk(settings, req, source, disk, report, should_cancel))
     return ids
-
-
-def _new_row(settings: Settings, req: RunRequest, disk: int) -> str:
-    with session_scope(settings.DATABASE_URL) as s:
-        point = Backup(
-            vm_name=req.vm_name,
-            disk_index=disk,
-            repository_id=req.repository_id,
-            requested_type=req.requested,
-            job_id=req.job_id,
-            policy_id=req.policy_id,
-        )
-        s.add(point)
-        s.flush()
-        return point.id
 
 
 def _previous(s: Session, root: Path, chain: BackupChain | None) -> Previous | None:
@@ -173,37 +156,36 @@ def _want(
 def _run_disk(
     settings: Settings,
     req: RunRequest,
-    source: Any,
+    source: Source,
     disk: int,
     progress: Callable[[int, int], None],
     should_cancel: Callable[[], bool],
 ) -> str:
-    backup_id = _new_row(settings, req, disk)
+    backup_id = records.new_row(
+        settings,
+        vm_name=req.vm_name,
+        disk=disk,
+        repository_id=req.repository_id,
+        requested=req.requested,
+        job_id=req.job_id,
+        policy_id=req.policy_id,
+    )
     try:
         with disk_lock(
             settings, lock_key(req.vm_name, disk), req.holder, should_cancel=should_cancel
         ):
-            _locked(settings, req, source, disk, backup_id, progress, should_cancel)
+            _backup_disk(settings, req, source, disk, backup_id, progress, should_cancel)
     except BaseException as exc:
         status = BackupStatus.cancelled if isinstance(exc, Cancelled) else BackupStatus.failed
-        mark_failed(settings, backup_id, status, str(exc) or type(exc).__name__)
+        records.mark_failed(settings, backup_id, status, str(exc) or type(exc).__name__)
         raise
     return backup_id
 
 
-def mark_failed(settings: Settings, backup_id: str, status: BackupStatus, error: str) -> None:
-    with session_scope(settings.DATABASE_URL) as s:
-        point = s.get(Backup, backup_id)
-        if point is not None and point.status in (BackupStatus.pending, BackupStatus.running):
-            point.status = status
-            point.error = error[:4000]
-            point.completed_at = chains.now()
-
-
-def _locked(
+def _backup_disk(
     settings: Settings,
     req: RunRequest,
-    source: Any,
+    source: Source,
     disk: int,
     backup_id: str,
     progress: Callable[[int, int], None],
@@ -225,10 +207,8 @@ def _locked(
         days = (
             req.immutability_days if req.immutability_days is not None else repo.immutability_days
         )
-        flag_ok = bool(repo.immutable_flag)
-        point = s.get(Backup, backup_id)
-        assert point is not None
-        point.status, point.started_at = BackupStatus.running, chains.now()
+        retention = records.Retention(days, bool(repo.immutable_flag))
+        records.mark_running(s, backup_id)
     opts = RunOptions(
         settings=settings,
         workdir=settings.temp_dir / "backup-work" / f"{req.vm_name}-disk{disk}",
@@ -244,7 +224,7 @@ def _locked(
     try:
         plan = session.plan(want, previous)
         final = directory / repo_files.new_point_name(directory, plan.backup_type, chains.now())
-        _start_row(
+        records.start_row(
             settings,
             backup_id,
             plan,
@@ -262,7 +242,7 @@ def _locked(
                 **{final.with_suffix(suffix).name: path for suffix, path in extras.items()},
             }
         )
-        _publish(settings, backup_id, final, copied, sums, previous, source, days, flag_ok, storage)
+        _publish(settings, backup_id, final, copied, sums, previous, source, retention, storage)
     except BaseException as exc:
         session.close()
         if final is not None:
@@ -279,7 +259,7 @@ def _locked(
     # The point is recorded: what follows only tidies up, and may be retried next run.
     try:
         with session_scope(settings.DATABASE_URL) as s:
-            session.commit(_keep(s, req.vm_name, disk))
+            session.commit(records.keep_markers(s, req.vm_name, disk))
     except Exception:
         log.warning("could not advance change tracking", backup_id=backup_id, exc_info=True)
     finally:
@@ -297,49 +277,15 @@ def _no_space(exc: BaseException) -> bool:
     return "No space left on device" in str(exc) or "No space left" in getattr(exc, "stderr", "")
 
 
-def _start_row(
-    settings: Settings,
-    backup_id: str,
-    plan: Plan,
-    reason: str | None,
-    relative: Path,
-    previous: Previous | None,
-    fingerprint: str | None,
-) -> None:
-    with session_scope(settings.DATABASE_URL) as s:
-        point = s.get(Backup, backup_id)
-        assert point is not None
-        point.key_fingerprint = fingerprint
-        point.backup_type = BackupType(plan.backup_type)
-        point.reason = reason
-        point.path = relative.as_posix()
-        point.total_bytes = plan.virtual_size
-        if plan.backup_type == "incremental":
-            assert previous is not None
-            head = s.get(Backup, previous.backup_id)
-            assert head is not None
-            point.parent_backup_id, point.chain_id = head.id, head.chain_id
-        else:
-            chain = BackupChain(
-                repository_id=point.repository_id,
-                vm_name=point.vm_name,
-                disk_index=point.disk_index,
-            )
-            s.add(chain)
-            s.flush()
-            point.chain_id = chain.id
-
-
 def _publish(
     settings: Settings,
     backup_id: str,
     final: Path,
-    copied: Any,
+    copied: Copied,
     sums: dict[str, Any],
     previous: Previous | None,
-    source: Any,
-    days: float,
-    flag_ok: bool,
+    source: Source,
+    retention: records.Retention,
     storage: Storage,
 ) -> None:
     """The image under its final name, then its sidecar, then the DB row (a crash in
@@ -349,48 +295,20 @@ def _publish(
         os.replace(path, final.with_suffix(suffix))
     os.replace(repo_files.partial(final), final)
     repo_files.fsync_dir(final.parent)
-    with session_scope(settings.DATABASE_URL) as s:
-        point = s.get(Backup, backup_id)
-        assert point is not None
-        point.bytes_transferred = copied.bytes_transferred
-        point.change_id = copied.change_id
-        point.bitmap = copied.bitmap
-        point.completed_at = chains.now()
-        if days > 0:
-            point.immutable_until = point.completed_at + timedelta(days=days)
-        base = {
-            "source_kind": source.kind,
-            "tracking": copied.tracking,
-            "parent": {"file": previous.image.name} if previous else None,
-            # What a reader needs: the key (by fingerprint) and the compression type.
-            "encryption": (
-                {"format": keys.FORMAT, "key_fingerprint": storage.key.fingerprint}
-                if storage.key
-                else None
-            ),
-            "compression": storage.compression,
-        }
-        chains.rewrite_sidecar(point, final, sums=sums, **base)
-        point.status = BackupStatus.completed
-        s.flush()
-        chain = s.get(BackupChain, point.chain_id)
-        assert chain is not None
-        chains.refresh(s, chain)
-        if point.immutable_until is not None and flag_ok:
-            point.immutable_flag = repo_files.set_immutable(repo_files.point_files(final), on=True)
+    sidecar = {
+        "source_kind": source.kind,
+        "tracking": copied.tracking,
+        "parent": {"file": previous.image.name} if previous else None,
+        # What a reader needs: the key (by fingerprint) and the compression type.
+        "encryption": (
+            {"format": keys.FORMAT, "key_fingerprint": storage.key.fingerprint}
+            if storage.key
+            else None
+        ),
+        "compression": storage.compression,
+    }
+    records.complete(settings, backup_id, final, copied, sums, sidecar, retention)
     log.info("backup completed", backup_id=backup_id, file=str(final))
-
-
-def _keep(s: Session, vm: str, disk: int) -> list[str]:
-    """Change-tracking markers still needed: the head of each repository's active chain."""
-    latest: dict[str, str | None] = {}
-    for chain in s.scalars(
-        select(BackupChain)
-        .where(BackupChain.vm_name == vm, BackupChain.disk_index == disk)
-        .order_by(BackupChain.created_at)
-    ):
-        latest[chain.repository_id] = chain.latest_backup_id
-    return [marker(h) for h in latest.values() if h]
 
 
 def _consolidate(settings: Settings, req: RunRequest, backup_id: str) -> None:
