@@ -41,7 +41,7 @@ from pathlib import Path
 
 from _common import Table, drop_caches, fmt_bytes, ratio, run, timer
 
-from diskvault.backups import engine, service
+from diskvault.backups import engine, repositories, service
 from diskvault.backups.locks import local_holder
 from diskvault.backups.models import Backup, RepositoryKind, SourceKind
 from diskvault.config import Settings, load_settings
@@ -107,7 +107,7 @@ class Vault:
         self.settings: Settings = load_settings(DATA_DIR=work / "data", WORKERS=0)
         upgrade(self.settings.DATABASE_URL)
         with session_scope(self.settings.DATABASE_URL) as s:
-            repo = service.create_repository(
+            repo = repositories.create_repository(
                 s,
                 self.settings,
                 name="bench",
@@ -134,7 +134,7 @@ class Vault:
     @property
     def root(self) -> Path:
         with session_scope(self.settings.DATABASE_URL) as s:
-            return Path(service.get_repository(s, self.settings, self.repo).path or "")
+            return Path(repositories.get_repository(s, self.settings, self.repo).path or "")
 
 
 def allocated(path: Path) -> int:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from _common import Table, drop_caches, fmt_bytes, ratio, run, timer
 
-from diskvault.backups import engine, keys, restore, service
+from diskvault.backups import engine, keys, repositories, restore, service
 from diskvault.backups.locks import local_holder
 from diskvault.backups.models import RepositoryKind, SourceKind
 from diskvault.config import Settings, load_settings
@@ -148,7 +148,7 @@ class Vault(Tool):
                 key = self.work / "repo.key"
                 keys.create(key)
                 repo["key_file"] = str(key)
-            row = service.create_repository(
+            row = repositories.create_repository(
                 s,
                 self.settings,
                 name="bench",

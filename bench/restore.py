@@ -42,7 +42,7 @@ from pathlib import Path
 import httpx
 from _common import Table, drop_caches, fmt_bytes, ratio, run, timer
 
-from diskvault.backups import engine, service
+from diskvault.backups import engine, repositories, service
 from diskvault.backups.locks import local_holder
 from diskvault.backups.models import RepositoryKind, SourceKind
 from diskvault.config import Settings, load_settings
@@ -104,7 +104,7 @@ def change(disk: Path, work: Path, n: int) -> None:
 
 def make_points(settings: Settings, disk: Path, work: Path) -> list[str]:
     with session_scope(settings.DATABASE_URL) as s:
-        repo = service.create_repository(
+        repo = repositories.create_repository(
             s, settings, name="bench", kind=RepositoryKind.local, path=str(work / "repo"), url=None
         ).id
         service.create_source(s, "guest", SourceKind.raw, {"path": str(disk)})

@@ -9,7 +9,7 @@ import pytest
 
 from diskvault.backups import chain as chains
 from diskvault.backups import copy as copies
-from diskvault.backups import restore, service
+from diskvault.backups import repositories, restore, service
 from diskvault.backups.errors import (
     InvalidRestoreTarget,
     NbdTargetUnavailable,
@@ -70,7 +70,7 @@ def test_copy_to_local_then_attach_to_fresh_diskvault(
 
     fresh = make_settings(tmp_path / "fresh")
     with session_scope(fresh.DATABASE_URL) as s:
-        attached = service.create_repository(
+        attached = repositories.create_repository(
             s,
             fresh,
             name="attached",
@@ -78,7 +78,7 @@ def test_copy_to_local_then_attach_to_fresh_diskvault(
             path=str(tmp_path / "second"),
             url=None,
         )
-        found = service.rescan(s, attached)
+        found = repositories.rescan(s, attached)
         view = service.chain_view(s, "vm1", attached.id)
     assert found["added"] == 2 and found["chains"] == 1
     points = view["chains"][0]["points"]
@@ -91,7 +91,7 @@ def test_copy_to_s3_verified_and_incremental(
     bsettings: Settings, repo: str, chain3: list[tuple[str, Path]], moto_url: str
 ) -> None:
     with session_scope(bsettings.DATABASE_URL) as s:
-        target = service.create_repository(
+        target = repositories.create_repository(
             s, bsettings, name="offsite", kind=RepositoryKind.s3, path=None, url=moto_url
         ).id
     done = run_copy(bsettings, repo, target)

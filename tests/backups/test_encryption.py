@@ -14,14 +14,14 @@ import xxhash
 
 from diskvault.backups import chain as chains
 from diskvault.backups import copy as copies
-from diskvault.backups import keys, policies, restore, service, verify
+from diskvault.backups import keys, policies, repositories, restore, service, verify
 from diskvault.backups.errors import (
     EncryptionLocked,
     InvalidKeyFile,
     InvalidRepository,
     KeyUnavailable,
 )
-from diskvault.backups.models import Backup, BackupRepository
+from diskvault.backups.models import Backup, BackupRepository, RepositoryKind
 from diskvault.backups.sources.daemon import stop_stale
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
@@ -72,11 +72,11 @@ def test_key_file_is_created_once_and_only_its_fingerprint_is_stored(
 ) -> None:
     path = tmp_path / "new.key"
     with session_scope(bsettings.DATABASE_URL) as s:
-        repo = service.create_repository(
+        repo = repositories.create_repository(
             s,
             bsettings,
             name="secure",
-            kind=service.RepositoryKind.local,
+            kind=RepositoryKind.local,
             path=str(tmp_path / "repo"),
             url=None,
             encryption="luks",
@@ -96,11 +96,11 @@ def test_key_file_is_created_once_and_only_its_fingerprint_is_stored(
         pytest.raises(InvalidKeyFile, match="already exists"),
         session_scope(bsettings.DATABASE_URL) as s,
     ):
-        service.create_repository(
+        repositories.create_repository(
             s,
             bsettings,
             name="other",
-            kind=service.RepositoryKind.local,
+            kind=RepositoryKind.local,
             path=str(tmp_path / "repo2"),
             url=None,
             encryption="luks",

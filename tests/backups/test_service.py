@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from diskvault.backups import service
+from diskvault.backups import repositories
 from diskvault.backups.errors import RepositoryNotFound
 from diskvault.backups.models import BackupRepository
 from diskvault.config import load_settings
@@ -21,9 +21,9 @@ def test_reading_the_default_repository_never_creates_it(tmp_path: Path) -> None
     with session_scope(settings.DATABASE_URL) as s:
         for ref in (None, "default", "local"):
             with pytest.raises(RepositoryNotFound):
-                service.get_repository(s, settings, ref)
+                repositories.get_repository(s, settings, ref)
         assert s.scalar(select(func.count()).select_from(BackupRepository)) == 0
-        made = service.ensure_default_repository(s, settings)
-        assert service.ensure_default_repository(s, settings).id == made.id  # once
-        assert service.get_repository(s, settings, "local").id == made.id
+        made = repositories.ensure_default_repository(s, settings)
+        assert repositories.ensure_default_repository(s, settings).id == made.id  # once
+        assert repositories.get_repository(s, settings, "local").id == made.id
         assert made.path == str(settings.backup_dir)

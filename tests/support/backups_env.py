@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from diskvault.backups import engine, service
+from diskvault.backups import engine, repositories, service
 from diskvault.backups.locks import local_holder
 from diskvault.backups.models import Backup, RepositoryKind, SourceKind
 from diskvault.config import Settings, load_settings
@@ -26,13 +26,13 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     settings = load_settings(DATA_DIR=data_dir, WORKERS=0, **overrides)
     upgrade(settings.DATABASE_URL)
     with session_scope(settings.DATABASE_URL) as s:
-        service.ensure_default_repository(s, settings)  # as serve's start-up does
+        repositories.ensure_default_repository(s, settings)  # as serve's start-up does
     return settings
 
 
 def add_repo(settings: Settings, name: str, path: Path, **kw: Any) -> str:
     with session_scope(settings.DATABASE_URL) as s:
-        repo = service.create_repository(
+        repo = repositories.create_repository(
             s, settings, name=name, kind=RepositoryKind.local, path=str(path), url=None, **kw
         )
         return repo.id

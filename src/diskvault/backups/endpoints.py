@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from diskvault.api.deps import AdminDep, DbDep, OperatorDep, PrincipalDep, SettingsDep
 from diskvault.api.pagination import Page, PageParams, page_params
 from diskvault.api.responses import problems
-from diskvault.backups import errors, keys, policies, registration, retention, service
+from diskvault.backups import errors, keys, policies, registration, repositories, retention, service
 from diskvault.backups.errors import NotSupportedHere
 from diskvault.backups.models import BackupStatus
 from diskvault.backups.preview import owner_of
@@ -87,7 +87,7 @@ def update_repository(
     ref: str, body: RepositoryUpdate, _: AdminDep, db: DbDep, settings: SettingsDep
 ) -> Any:
     """Compression applies to new points; encryption only changes while it is empty."""
-    repo = service.get_repository(db, settings, ref)
+    repo = repositories.get_repository(db, settings, ref)
     repo = keys.update_repository(db, settings, repo, body.model_dump(exclude_unset=True))
     paper = getattr(repo, "paper_key", None)
     return RepositoryOut.model_validate(repo).model_copy(update={"paper_key": paper})
@@ -100,7 +100,7 @@ def update_repository(
 )
 def rekey(ref: str, body: RekeyRequest, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
     """New chains under a new key; older points stay readable with the old one."""
-    repo = service.get_repository(db, settings, ref)
+    repo = repositories.get_repository(db, settings, ref)
     repo = keys.rekey(db, settings, repo, body.key_file, body.create_key)
     paper = getattr(repo, "paper_key", None)
     return RepositoryOut.model_validate(repo).model_copy(update={"paper_key": paper})
@@ -108,18 +108,18 @@ def rekey(ref: str, body: RekeyRequest, _: AdminDep, db: DbDep, settings: Settin
 
 @router.get("/repositories", response_model=Page[RepositoryOut])
 def list_repositories(_: PrincipalDep, db: DbDep, page: PageDep) -> Any:
-    return pagination.page(*service.list_repositories(db, page), page)
+    return pagination.page(*repositories.list_repositories(db, page), page)
 
 
 @router.get("/repositories/{ref}", response_model=RepositoryOut)
 def get_repository(ref: str, _: PrincipalDep, db: DbDep, settings: SettingsDep) -> Any:
-    return service.refresh_usage(db, service.get_repository(db, settings, ref))
+    return repositories.refresh_usage(db, repositories.get_repository(db, settings, ref))
 
 
 @router.post("/repositories/{ref}/rescan", response_model=RescanOut)
 def rescan(ref: str, _: AdminDep, db: DbDep, settings: SettingsDep) -> Any:
     """Rebuild restore points and chains from the sidecars on disk."""
-    return service.rescan(db, service.get_repository(db, settings, ref))
+    return repositories.rescan(db, repositories.get_repository(db, settings, ref))
 
 
 # -- backups ------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def list_backups(
     repository: str | None = Query(None, description="name or id"),
     status_: BackupStatus | None = Query(None, alias="status"),
 ) -> Any:
-    repo_id = service.get_repository(db, settings, repository).id if repository else None
+    repo_id = repositories.get_repository(db, settings, repository).id if repository else None
     items, total = service.list_backups(
         db, page, vm_name=vm_name, repository_id=repo_id, status=status_
     )
@@ -164,7 +164,7 @@ def chain(
     vm_name: str = Query(...),
     repository: str | None = Query(None),
 ) -> Any:
-    repo_id = service.get_repository(db, settings, repository).id if repository else None
+    repo_id = repositories.get_repository(db, settings, repository).id if repository else None
     return service.chain_view(db, vm_name, repo_id)
 
 
@@ -177,7 +177,7 @@ def chain(
     },
 )
 def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
-    repo = service.local_repository(db, settings, body.repository)
+    repo = repositories.local_repository(db, settings, body.repository)
     rules = body.model_dump(include=set(retention.RULES))
     max_length = body.max_chain_length
     owner = None
@@ -204,8 +204,8 @@ def prune(body: PruneRequest, who: OperatorDep, db: DbDep, settings: SettingsDep
 @router.post("/backup/copy", response_model=JobOut, status_code=ACCEPTED)
 def copy(body: CopyRequest, who: OperatorDep, db: DbDep, settings: SettingsDep) -> Any:
     """Copy restore points to another repository (local or s3), skipping those there."""
-    source = service.local_repository(db, settings, body.repository)
-    target = service.get_repository(db, settings, body.target)
+    source = repositories.local_repository(db, settings, body.repository)
+    target = repositories.get_repository(db, settings, body.target)
     if target.id == source.id:
         raise NotSupportedHere(f"repository {target.name} cannot be copied onto itself")
     params = {
@@ -308,4 +308,4 @@ def startup(app: FastAPI) -> None:
     """Make the default repository here, so reading it never creates it."""
     settings = app.state.settings
     with session_scope(settings.DATABASE_URL) as s:
-        service.ensure_default_repository(s, settings)
+        repositories.ensure_default_repository(s, settings)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from diskvault.backups import chain as chains
-from diskvault.backups import keys, service
+from diskvault.backups import keys, repositories, service
 from diskvault.backups import preview as previews
 from diskvault.backups.errors import InvalidSchedule, PolicyExists, PolicyNotFound
 from diskvault.backups.models import (
@@ -58,10 +58,12 @@ def build(
             service.get_source(session, name)
         row.sources = list(body["sources"])
     if "repository" in body or row.repository_id is None:
-        row.repository_id = service.local_repository(session, settings, body.get("repository")).id
+        row.repository_id = repositories.local_repository(
+            session, settings, body.get("repository")
+        ).id
     if "compression" in body:
         row.compression = body["compression"]
-    target = service.get_repository(session, settings, row.repository_id)
+    target = repositories.get_repository(session, settings, row.repository_id)
     keys.check_combination(target.encryption, row.compression)
     rules = dict(row.retention or {}) | {k: body[k] for k in RULES if k in body}
     row.retention = {k: v for k, v in rules.items() if v is not None}
@@ -82,7 +84,7 @@ def build(
         row.immutability_days = float(body.get("immutability_days") or 0.0)
     if "copy_to" in body or row.id is None:
         copy_to = body.get("copy_to")
-        repo = service.get_repository(session, settings, copy_to) if copy_to else None
+        repo = repositories.get_repository(session, settings, copy_to) if copy_to else None
         row.copy_repository_id = repo.id if repo else None
     return row
 

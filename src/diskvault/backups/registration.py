@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
-from diskvault.backups import service
+from diskvault.backups import repositories, service
 from diskvault.backups.models import BackupRepository, BackupSource, SourceKind
 from diskvault.backups.schemas import RepositoryCreate, SourceCreate
 from diskvault.config import Settings
@@ -26,7 +26,7 @@ def add_repository(
     session: Session, settings: Settings, body: RepositoryCreate
 ) -> tuple[BackupRepository, str | None]:
     """The repository, and its paper key when a key was made for it (shown once)."""
-    repo = service.create_repository(
+    repo = repositories.create_repository(
         session,
         settings,
         name=body.name,
@@ -41,5 +41,5 @@ def add_repository(
     )
     paper: str | None = getattr(repo, "paper_key", None)
     if body.attach:
-        service.rescan(session, repo)
+        repositories.rescan(session, repo)
     return repo, paper

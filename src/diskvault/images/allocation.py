@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from diskvault.images import formats
+from diskvault.images.reader import Reader
 from diskvault.tools import qemu_img
 
 # VHDX BAT entry states (low 3 bits) whose block holds data; the others read as zeros.
@@ -36,14 +37,14 @@ def data_ranges(path: Path, fmt: str, *, binary: str) -> list[tuple[int, int]]:
 def _vhdx_ranges(path: Path) -> list[tuple[int, int]]:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        r = formats.Reader(fd, os.fstat(fd).st_size)
+        r = Reader(fd, os.fstat(fd).st_size)
         (count,) = struct.unpack("<I", r.at(formats.VHDX_REGION_TABLE + 8, 4))
         table = r.at(formats.VHDX_REGION_TABLE + 16, 32 * count)
         regions = {}
         for i in range(count):
             guid, offset, length, _ = struct.unpack_from("<16sQII", table, 32 * i)
             regions[guid] = (offset, length)
-        items = formats._vhdx_metadata_items(r, *regions[formats.VHDX_REGION_METADATA])
+        items = formats.vhdx_metadata_items(r, *regions[formats.VHDX_REGION_METADATA])
         (size,) = struct.unpack("<Q", r.at(items[formats.VHDX_VIRTUAL_DISK_SIZE], 8))
         (block,) = struct.unpack("<I", r.at(items[formats.VHDX_FILE_PARAMETERS], 4))
         sector = 512

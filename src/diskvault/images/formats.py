@@ -10,67 +10,14 @@ extents) or that we do not understand.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from diskvault.images.errors import Reason, UnsafeImage
-
-KiB = 1024
-MiB = 1024 * KiB
-# Covers the ISO 9660 descriptor at 32 KiB and the VHDX region table at 192 KiB.
-HEAD_SIZE = 256 * KiB
-MAX_READ = 2 * MiB
-READ_BUDGET = 4 * MiB
-
-
-@dataclass
-class Detection:
-    format: str
-    virtual_size: int
-    details: dict[str, object] = field(default_factory=dict)
-
-
-def _bad(detail: str) -> UnsafeImage:
-    return UnsafeImage(Reason.INVALID_HEADER, detail)
-
-
-class Reader:
-    """Bounded positional reads from an open file descriptor."""
-
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd = fd
-        self.size = size
-        self._budget = READ_BUDGET
-        self.head = self._pread(0, min(size, HEAD_SIZE))
-        self.tail = self._pread(size - 512, 512) if size >= 512 else b""
-
-    def at(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``; header offsets pointing outside the file are rejected."""
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise _bad(f"a header points outside the file (offset {offset}, length {length})")
-        if offset + length <= len(self.head):
-            return self.head[offset : offset + length]
-        if length > MAX_READ or length > self._budget:
-            raise _bad(f"headers would need more than {READ_BUDGET // MiB} MiB to be read")
-        self._budget -= length
-        return self._pread(offset, length)
-
-    def _pread(self, offset: int, length: int) -> bytes:
-        chunks: list[bytes] = []
-        got = 0
-        while got < length:
-            chunk = os.pread(self.fd, length - got, offset + got)
-            if not chunk:
-                raise UnsafeImage(Reason.UNREADABLE, "the file shrank while it was being read")
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
-
+from diskvault.images.reader import Detection, KiB, MiB, Reader, bad
 
 # --- qcow2 -------------------------------------------------------------------
 
@@ -96,9 +43,9 @@ def _parse_qcow2(r: Reader) -> Detection:
     )
     l1_size, l1_off, rc_off, _rc_clusters, nb_snapshots = struct.unpack(">IQQII", r.at(36, 28))
     if version not in (2, 3):
-        raise _bad(f"qcow2 version {version} is not 2 or 3")
+        raise bad(f"qcow2 version {version} is not 2 or 3")
     if not 9 <= cluster_bits <= 21:
-        raise _bad(f"qcow2 cluster_bits {cluster_bits} is outside 9..21")
+        raise bad(f"qcow2 cluster_bits {cluster_bits} is outside 9..21")
     cluster = 1 << cluster_bits
     if backing_off or backing_len:
         name = _name_at(r, backing_off, backing_len)
@@ -106,18 +53,18 @@ def _parse_qcow2(r: Reader) -> Detection:
     if crypt:
         raise UnsafeImage(Reason.ENCRYPTED, "the qcow2 image is encrypted")
     if l1_size and (l1_off % cluster or l1_off >= r.size):
-        raise _bad("the qcow2 L1 table offset is unaligned or past the end of the file")
+        raise bad("the qcow2 L1 table offset is unaligned or past the end of the file")
     if not rc_off or rc_off % cluster or rc_off >= r.size:
-        raise _bad("the qcow2 refcount table offset is unaligned or past the end of the file")
+        raise bad("the qcow2 refcount table offset is unaligned or past the end of the file")
     ext_start = 72
     if version == 3:
         incompat, _compat, _autoclear, refcount_order, header_len = struct.unpack(
             ">QQQII", r.at(72, 32)
         )
         if not 104 <= header_len <= cluster:
-            raise _bad(f"qcow2 header length {header_len} is outside 104..{cluster}")
+            raise bad(f"qcow2 header length {header_len} is outside 104..{cluster}")
         if refcount_order > 6:
-            raise _bad(f"qcow2 refcount_order {refcount_order} is over 6")
+            raise bad(f"qcow2 refcount_order {refcount_order} is over 6")
         if incompat & QCOW2_INCOMPAT_CORRUPT:
             raise UnsafeImage(Reason.CORRUPT, "the qcow2 image is marked corrupt")
         if incompat & QCOW2_INCOMPAT_DATA_FILE:
@@ -151,8 +98,8 @@ def _check_qcow2_extensions(r: Reader, offset: int, end: int) -> None:
             raise UnsafeImage(Reason.ENCRYPTED, "the qcow2 image has an encryption header")
         offset += 8 + ((ext_len + 7) & ~7)
         if offset > end:
-            raise _bad("a qcow2 header extension runs past the first cluster")
-    raise _bad(f"the qcow2 image has over {QCOW2_MAX_EXTENSIONS} header extensions")
+            raise bad("a qcow2 header extension runs past the first cluster")
+    raise bad(f"the qcow2 image has over {QCOW2_MAX_EXTENSIONS} header extensions")
 
 
 # --- VHDX --------------------------------------------------------------------
@@ -180,15 +127,15 @@ VHDX_HAS_PARENT = 1 << 1
 def _parse_vhdx(r: Reader) -> Detection:
     signature, _crc, count, _ = struct.unpack("<4sIII", r.at(VHDX_REGION_TABLE, 16))
     if signature != b"regi":
-        raise _bad("the VHDX region table signature is missing")
+        raise bad("the VHDX region table signature is missing")
     if count > VHDX_MAX_ENTRIES:
-        raise _bad(f"the VHDX region table has {count} entries (limit {VHDX_MAX_ENTRIES})")
+        raise bad(f"the VHDX region table has {count} entries (limit {VHDX_MAX_ENTRIES})")
     table = r.at(VHDX_REGION_TABLE + 16, 32 * count)
     metadata: tuple[int, int] | None = None
     for i in range(count):
         guid, offset, length, required = struct.unpack_from("<16sQII", table, 32 * i)
         if offset % MiB or length % MiB or offset < MiB or offset + length > r.size:
-            raise _bad(f"VHDX region {i} ({offset}+{length}) is unaligned or outside the file")
+            raise bad(f"VHDX region {i} ({offset}+{length}) is unaligned or outside the file")
         if guid == VHDX_REGION_METADATA:
             metadata = (offset, length)
         elif guid != VHDX_REGION_BAT and required & 1:
@@ -196,12 +143,12 @@ def _parse_vhdx(r: Reader) -> Detection:
                 Reason.UNKNOWN_FEATURE, "the VHDX image has an unknown required region"
             )
     if metadata is None:
-        raise _bad("the VHDX image has no metadata region")
-    items = _vhdx_metadata_items(r, *metadata)
+        raise bad("the VHDX image has no metadata region")
+    items = vhdx_metadata_items(r, *metadata)
     if VHDX_PARENT_LOCATOR in items:
         raise UnsafeImage(Reason.BACKING_FILE, "the VHDX image is a differencing disk")
     if VHDX_VIRTUAL_DISK_SIZE not in items or VHDX_FILE_PARAMETERS not in items:
-        raise _bad("the VHDX metadata lacks the virtual disk size or file parameters")
+        raise bad("the VHDX metadata lacks the virtual disk size or file parameters")
     (size,) = struct.unpack("<Q", r.at(items[VHDX_VIRTUAL_DISK_SIZE], 8))
     block_size, flags = struct.unpack("<II", r.at(items[VHDX_FILE_PARAMETERS], 8))
     if flags & VHDX_HAS_PARENT:
@@ -209,22 +156,22 @@ def _parse_vhdx(r: Reader) -> Detection:
     return Detection("vhdx", size, {"block_size": block_size})
 
 
-def _vhdx_metadata_items(r: Reader, region: int, region_len: int) -> dict[bytes, int]:
+def vhdx_metadata_items(r: Reader, region: int, region_len: int) -> dict[bytes, int]:
     """Map of metadata item id to the item's absolute file offset."""
     signature, _, count = struct.unpack("<8sHH", r.at(region, 12))
     if signature != b"metadata":
-        raise _bad("the VHDX metadata table signature is missing")
+        raise bad("the VHDX metadata table signature is missing")
     if count > VHDX_MAX_ENTRIES:
-        raise _bad(f"the VHDX metadata table has {count} entries (limit {VHDX_MAX_ENTRIES})")
+        raise bad(f"the VHDX metadata table has {count} entries (limit {VHDX_MAX_ENTRIES})")
     table = r.at(region + 32, 32 * count)
     items: dict[bytes, int] = {}
     for i in range(count):
         item, offset, length, flags = struct.unpack_from("<16sIII", table, 32 * i)
         if length and (offset < 64 * KiB or length > MiB or offset + length > region_len):
-            raise _bad(f"VHDX metadata item {i} ({offset}+{length}) is outside its region")
+            raise bad(f"VHDX metadata item {i} ({offset}+{length}) is outside its region")
         if item in VHDX_KNOWN_METADATA:
             if length < VHDX_KNOWN_METADATA[item]:
-                raise _bad(f"VHDX metadata item {i} is too short")
+                raise bad(f"VHDX metadata item {i} is too short")
             items[item] = region + offset
         elif flags & VHDX_METADATA_REQUIRED:
             raise UnsafeImage(
@@ -253,13 +200,13 @@ def _is_vmdk_text(r: Reader) -> bool:
 def _parse_vmdk_sparse(r: Reader) -> Detection:
     version, _flags, capacity, _grain, desc_off, desc_size = struct.unpack("<IIQQQQ", r.at(4, 40))
     if version not in (1, 2, 3):
-        raise _bad(f"VMDK version {version} is not 1..3")
+        raise bad(f"VMDK version {version} is not 1..3")
     # qemu opens a zero-capacity sparse file's embedded descriptor as a
     # descriptor file, following its extents: the classic VMDK file-read attack.
     if capacity == 0:
-        raise _bad("the VMDK sparse header has zero capacity")
+        raise bad("the VMDK sparse header has zero capacity")
     if not desc_off or not 0 < desc_size <= VMDK_MAX_DESCRIPTOR // 512:
-        raise _bad(f"the VMDK embedded descriptor size {desc_size} sectors is out of range")
+        raise bad(f"the VMDK embedded descriptor size {desc_size} sectors is out of range")
     create_type = _check_vmdk_descriptor(r.at(desc_off * 512, desc_size * 512), embedded=True)
     return Detection("vmdk", capacity * 512, {"create_type": create_type})
 
@@ -267,7 +214,7 @@ def _parse_vmdk_sparse(r: Reader) -> Detection:
 def _parse_vmdk_text(r: Reader) -> Detection:
     # A descriptor file keeps its data in extent files, so it is never accepted.
     _check_vmdk_descriptor(r.head, embedded=False)
-    raise _bad("the VMDK descriptor file names no extents")
+    raise bad("the VMDK descriptor file names no extents")
 
 
 def _check_vmdk_descriptor(raw: bytes, *, embedded: bool) -> str:
@@ -319,17 +266,17 @@ def _parse_vdi(r: Reader) -> Detection:
     (sector_size,) = struct.unpack_from("<I", h, 0x168)
     size, block_size, _extra, blocks, allocated = struct.unpack_from("<QIIII", h, 0x170)
     if version >> 16 != 1:
-        raise _bad(f"VDI version {version:#x} is not 1.x")
+        raise bad(f"VDI version {version:#x} is not 1.x")
     if image_type == VDI_TYPE_DIFF:
         raise UnsafeImage(Reason.BACKING_FILE, "the VDI image is a differencing image")
     if image_type not in VDI_TYPES:
         raise UnsafeImage(Reason.UNSUPPORTED_FORMAT, f"VDI image type {image_type} is unsupported")
     if sector_size != 512 or block_size != MiB:
-        raise _bad(f"VDI sector size {sector_size} or block size {block_size} is unsupported")
+        raise bad(f"VDI sector size {sector_size} or block size {block_size} is unsupported")
     if offset_bmap % 512 or offset_data % 512 or max(offset_bmap, offset_data) > r.size:
-        raise _bad("VDI block map or data offset is unaligned or past the end of the file")
+        raise bad("VDI block map or data offset is unaligned or past the end of the file")
     if size > blocks * block_size:
-        raise _bad(f"VDI disk size {size} exceeds its {blocks} blocks")
+        raise bad(f"VDI disk size {size} exceeds its {blocks} blocks")
     # qemu-img check does not notice blocks past the end: a file cut short is caught here.
     if offset_data + allocated * block_size > r.size:
         raise UnsafeImage(Reason.CORRUPT, f"the VDI file ends before its {allocated} data blocks")
@@ -354,16 +301,16 @@ def _parse_vpc(r: Reader) -> Detection:
     if disk_type == VPC_TYPE_DIFF:
         raise UnsafeImage(Reason.BACKING_FILE, "the VHD image is a differencing disk")
     if disk_type not in VPC_TYPES or (disk_type == 3) != at_start:
-        raise _bad(f"VHD disk type {disk_type} does not match where its footer is")
+        raise bad(f"VHD disk type {disk_type} does not match where its footer is")
     if disk_type == 3:
         if data_off % 512:
-            raise _bad("the VHD dynamic header offset is unaligned")
+            raise bad("the VHD dynamic header offset is unaligned")
         dyn = r.at(data_off, 40)
         table_off, _ver, entries, block_size = struct.unpack_from(">QIII", dyn, 16)
         if dyn[:8] != b"cxsparse":
-            raise _bad("the VHD dynamic header is missing")
+            raise bad("the VHD dynamic header is missing")
         if block_size < 512 or block_size & (block_size - 1) or table_off + 4 * entries > r.size:
-            raise _bad("the VHD block size or allocation table is out of range")
+            raise bad("the VHD block size or allocation table is out of range")
     chs = cyls * heads * secs
     if creator in VPC_CHS_CREATORS and chs != VPC_MAX_GEOMETRY:
         size = chs * 512

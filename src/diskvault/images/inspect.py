@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from diskvault.images.errors import Reason, UnsafeImage
-from diskvault.images.formats import PROBES, Detection, Reader, partition_table
+from diskvault.images.formats import PROBES, partition_table
+from diskvault.images.reader import Detection, Reader
 from diskvault.tools import qemu_img
 
 FORMATS = ("qcow2", "vhdx", "vmdk", "vdi", "vpc", "raw", "iso")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from diskvault.api.deps import DbDep, SettingsDep
-from diskvault.backups import policies, registration, retention, service
+from diskvault.backups import policies, registration, repositories, retention, service
 from diskvault.backups.schemas import (
     BackupStart,
     PolicyCreate,
@@ -29,7 +29,7 @@ ALL = PageParams(limit=1000)
 @router.get("/backups")
 def backups(request: Request, who: ReaderDep, db: DbDep, lq: ListDep) -> Response:
     sources, total = service.list_sources(db, lq.page, lq.listing())
-    repos, _ = service.list_repositories(db, ALL)
+    repos, _ = repositories.list_repositories(db, ALL)
     context = {
         **lq.sorted_out(sources, total, service.SOURCE_SORTS, "name"),
         "sources": sources,
@@ -52,7 +52,7 @@ def source_detail(
     simulation = None
     if any(rules.values()):
         chosen = parse(Retention, rules).model_dump(exclude_none=True)
-        repo = service.local_repository(db, settings, request.query_params.get("repository"))
+        repo = repositories.local_repository(db, settings, request.query_params.get("repository"))
         simulation = retention.simulate(
             db, settings, repository_id=repo.id, vm=source.name, rules=chosen
         )
@@ -65,7 +65,7 @@ def source_detail(
         "sizes": svg.columns(overview.point_sizes(db, source.name)),
         "rules": rules,
         "simulation": simulation,
-        "repositories": service.list_repositories(db, ALL)[0],
+        "repositories": repositories.list_repositories(db, ALL)[0],
     }
     return render(request, "backup_source.html", who, context)
 
