@@ -143,8 +143,8 @@ def planted(tmp_path: Path) -> Path:
         "images/__init__.py": "",
         "images/endpoints.py": "from diskvault.api.deps import x\n",
         "images/service.py": "def f():\n    from diskvault.api.deps import y\n",
-        "images/pipeline.py": "from diskvault.images import staging\n",
-        "images/staging.py": "def g():\n    from diskvault.images.pipeline import h\n",
+        "images/engine.py": "from diskvault.images import staging\n",
+        "images/staging.py": "def g():\n    from diskvault.images.engine import h\n",
         "jobs/__init__.py": "",
         "jobs/runner.py": "from diskvault.images import staging\n",
         "images/tasks.py": "from diskvault.jobs.runner import run\n",
@@ -158,5 +158,5 @@ def planted(tmp_path: Path) -> Path:
 def test_the_checks_find_planted_violations(planted: Path) -> None:
     graph = imports(planted)
     assert upward_imports(graph) == ["images.service imports api.deps"]
-    assert cycles(graph) == [["api.deps", "images.service"], ["images.pipeline", "images.staging"]]
+    assert cycles(graph) == [["api.deps", "images.service"], ["images.engine", "images.staging"]]
     assert cycles(package_graph(graph)) == [["api", "images", "jobs"]]

@@ -14,7 +14,7 @@ import xxhash
 
 from diskvault.backups import chain as chains
 from diskvault.backups import copy as copies
-from diskvault.backups import keys, policies, repositories, restore, service, verify
+from diskvault.backups import keys, policies, repositories, restore, verify
 from diskvault.backups.errors import (
     EncryptionLocked,
     InvalidKeyFile,

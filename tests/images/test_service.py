@@ -9,7 +9,7 @@ import pytest
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
 from diskvault.db.migrate import upgrade
-from diskvault.images import pipeline, service, staging, tasks
+from diskvault.images import engine, service, staging, tasks
 from diskvault.images.errors import (
     ImageBusy,
     ImageInUse,
@@ -113,9 +113,9 @@ def test_failure_keeps_a_verified_source_and_ignores_stale_jobs(db: Settings) ->
     leftover = db.temp_dir / f"{image_id}-job-2.qcow2.partial"
     leftover.write_bytes(b"partial")
     # an older job's late failure must not touch the image the newer job owns
-    pipeline.settle_failure(db, "job-1", {"image_id": image_id}, "late")
+    engine.settle_failure(db, "job-1", {"image_id": image_id}, "late")
     assert load(db, image_id).status == ImageStatus.CONVERTING
-    pipeline.settle_failure(db, "job-2", {"image_id": image_id, "target_format": "qcow2"}, "boom")
+    engine.settle_failure(db, "job-2", {"image_id": image_id, "target_format": "qcow2"}, "boom")
     image = load(db, image_id)
     assert image.status == ImageStatus.ERROR
     assert image.error is not None and image.error.startswith("conversion to qcow2 failed: boom")
@@ -129,7 +129,7 @@ def test_unverified_bytes_are_dropped_on_failure(db: Settings, tmp_path: Path) -
     image_id = make(db, status=ImageStatus.PROCESSING, job_id="j")
     staged = staging.staged_path(db, image_id)
     staged.write_bytes(b"unverified")
-    pipeline.settle_failure(db, "j", {"image_id": image_id}, "qemu-img timed out")
+    engine.settle_failure(db, "j", {"image_id": image_id}, "qemu-img timed out")
     image = load(db, image_id)
     assert image.status == ImageStatus.ERROR and image.storage_key is None
     assert image.error == "processing failed: qemu-img timed out"

@@ -1,7 +1,7 @@
 """Image library rules on the request side: records, state changes, jobs, deletion.
 
 The work itself (inspection, conversion, checksums) runs in jobs: see
-:mod:`diskvault.images.pipeline`.
+:mod:`diskvault.images.engine`.
 
 Other domains that reference images register a usage check with
 :func:`register_usage_check`; ``DELETE /images/{id}`` is refused with 409 while

@@ -2,7 +2,7 @@
 they are held to, their inspection and their rejection, and row updates.
 
 Shared by the request side (:mod:`.service`, :mod:`.intake`, :mod:`.importer`) and the
-job side (:mod:`.pipeline`), so the job never reaches back into the request side.
+job side (:mod:`.engine`), so the job never reaches back into the request side.
 """
 
 from __future__ import annotations

@@ -11,15 +11,15 @@ from sqlalchemy import select
 
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
-from diskvault.images import importer, pipeline, service, staging, urls
+from diskvault.images import engine, importer, service, staging, urls
 from diskvault.images.models import Image, ImageStatus
 from diskvault.jobs.context import JobContext
 from diskvault.jobs.registry import FailureHook, job_kind
 from diskvault.jobs.scheduler import periodic
 from diskvault.tools.process import Cancelled
 
-ON_FAILURE: FailureHook = pipeline.settle_failure
-ON_CANCEL: FailureHook = pipeline.settle_cancelled
+ON_FAILURE: FailureHook = engine.settle_failure
+ON_CANCEL: FailureHook = engine.settle_cancelled
 
 
 def _guarded(ctx: JobContext, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -32,14 +32,14 @@ def _guarded(ctx: JobContext, work: Callable[[], dict[str, Any]]) -> dict[str, A
         return work()
     except Cancelled:
         if not ctx.interrupted:
-            pipeline.settle_failure(ctx.settings, ctx.job_id, ctx.params, "cancelled by request")
+            engine.settle_failure(ctx.settings, ctx.job_id, ctx.params, "cancelled by request")
         raise
 
 
 @job_kind("image-process", max_attempts=1, on_failure=ON_FAILURE, on_cancel=ON_CANCEL)
 def process(ctx: JobContext) -> dict[str, Any]:
     """Verify an uploaded image, then publish or convert it."""
-    return _guarded(ctx, lambda: pipeline.ingest(ctx, ctx.params["image_id"]))
+    return _guarded(ctx, lambda: engine.ingest(ctx, ctx.params["image_id"]))
 
 
 @job_kind("image-import", max_attempts=1, on_failure=ON_FAILURE, on_cancel=ON_CANCEL)
@@ -70,7 +70,7 @@ def import_image(ctx: JobContext) -> dict[str, Any]:
             file_size=size,
             source_sha256=sha,
         )
-        return pipeline.ingest(ctx, image_id)
+        return engine.ingest(ctx, image_id)
 
     return _guarded(ctx, work)
 
@@ -81,7 +81,7 @@ def convert(ctx: JobContext) -> dict[str, Any]:
     p = ctx.params
     return _guarded(
         ctx,
-        lambda: pipeline.convert(
+        lambda: engine.convert(
             ctx, p["image_id"], p["target_format"], compress=bool(p.get("compress"))
         ),
     )
@@ -91,7 +91,7 @@ def convert(ctx: JobContext) -> dict[str, Any]:
 def resize(ctx: JobContext) -> dict[str, Any]:
     p = ctx.params
     return _guarded(
-        ctx, lambda: pipeline.resize(ctx, p["image_id"], int(p["size"]), force=bool(p["force"]))
+        ctx, lambda: engine.resize(ctx, p["image_id"], int(p["size"]), force=bool(p["force"]))
     )
 
 

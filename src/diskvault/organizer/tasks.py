@@ -11,17 +11,17 @@ from typing import Any
 
 from diskvault.jobs.context import JobContext
 from diskvault.jobs.registry import job_kind
-from diskvault.organizer import runs
+from diskvault.organizer import engine
 
 # Operation type -> what runs it. Dedupe and import are plans with another planner.
 _RUNNERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
-    "scan": runs.run_scan,
-    "dupes": runs.run_dupes,
-    "plan": runs.run_plan,
-    "dedupe": runs.run_plan,
-    "import": runs.run_plan,
-    "apply": runs.run_apply,
-    "rollback": runs.run_rollback,
+    "scan": engine.run_scan,
+    "dupes": engine.run_dupes,
+    "plan": engine.run_plan,
+    "dedupe": engine.run_plan,
+    "import": engine.run_plan,
+    "apply": engine.run_apply,
+    "rollback": engine.run_rollback,
 }
 for _op, _run in _RUNNERS.items():
     job_kind(f"organizer-{_op}", max_attempts=1)(_run)
