@@ -13,8 +13,6 @@ from __future__ import annotations
 import re
 import struct
 import uuid
-from collections.abc import Callable
-from typing import NamedTuple
 
 from diskvault.images.errors import Reason, UnsafeImage
 from diskvault.images.reader import Detection, KiB, MiB, Reader, bad
@@ -22,6 +20,7 @@ from diskvault.images.reader import Detection, KiB, MiB, Reader, bad
 # --- qcow2 -------------------------------------------------------------------
 
 QCOW2_MAGIC = b"QFI\xfb"
+QCOW2_MAX_L1_BYTES = 32 * 1024 * 1024
 QCOW2_INCOMPAT_CORRUPT = 1 << 1
 QCOW2_INCOMPAT_DATA_FILE = 1 << 2
 # dirty, corrupt, external data file, compression type, extended L2
@@ -37,7 +36,7 @@ def _name_at(r: Reader, offset: int, length: int) -> str:
     return f"<{length} bytes at offset {offset}>"
 
 
-def _parse_qcow2(r: Reader) -> Detection:
+def parse_qcow2(r: Reader) -> Detection:
     version, backing_off, backing_len, cluster_bits, size, crypt = struct.unpack(
         ">IQIIQI", r.at(4, 32)
     )
@@ -52,8 +51,14 @@ def _parse_qcow2(r: Reader) -> Detection:
         raise UnsafeImage(Reason.BACKING_FILE, f"the qcow2 image names a backing file {name!r}")
     if crypt:
         raise UnsafeImage(Reason.ENCRYPTED, "the qcow2 image is encrypted")
-    if l1_size and (l1_off % cluster or l1_off >= r.size):
-        raise bad("the qcow2 L1 table offset is unaligned or past the end of the file")
+    if l1_size and (l1_off % cluster or l1_off + 8 * l1_size > r.size):
+        raise bad("the qcow2 L1 table is unaligned or reaches past the end of the file")
+    # QEMU's own limits on open: at most 32 MiB of L1 table, and enough to map the disk.
+    if l1_size > QCOW2_MAX_L1_BYTES // 8:
+        raise bad(f"the qcow2 L1 table of {l1_size} entries is over QEMU's 32 MiB limit")
+    needed = -(-size // (cluster * (cluster // 8)))
+    if l1_size < needed <= QCOW2_MAX_L1_BYTES // 8:  # more than that is over the size limit
+        raise bad(f"the qcow2 L1 table of {l1_size} entries cannot map {size} bytes")
     if not rc_off or rc_off % cluster or rc_off >= r.size:
         raise bad("the qcow2 refcount table offset is unaligned or past the end of the file")
     ext_start = 72
@@ -124,7 +129,7 @@ VHDX_METADATA_REQUIRED = 1 << 2
 VHDX_HAS_PARENT = 1 << 1
 
 
-def _parse_vhdx(r: Reader) -> Detection:
+def parse_vhdx(r: Reader) -> Detection:
     signature, _crc, count, _ = struct.unpack("<4sIII", r.at(VHDX_REGION_TABLE, 16))
     if signature != b"regi":
         raise bad("the VHDX region table signature is missing")
@@ -190,14 +195,14 @@ _VMDK_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+\d+\s+(\S+)(?:\s+"([^"]*)")?
 _VMDK_TEXT = re.compile(rb"^\s*(# Disk DescriptorFile|createType\s*=)", re.M)
 
 
-def _is_vmdk_text(r: Reader) -> bool:
+def is_vmdk_text(r: Reader) -> bool:
     # A descriptor file is plain text; a binary disk that merely contains the
     # words (like a sparse VMDK's embedded descriptor) is not one.
     start = r.head[:4096]
     return r.size <= VMDK_MAX_DESCRIPTOR and b"\0" not in start and bool(_VMDK_TEXT.search(start))
 
 
-def _parse_vmdk_sparse(r: Reader) -> Detection:
+def parse_vmdk_sparse(r: Reader) -> Detection:
     version, _flags, capacity, _grain, desc_off, desc_size = struct.unpack("<IIQQQQ", r.at(4, 40))
     if version not in (1, 2, 3):
         raise bad(f"VMDK version {version} is not 1..3")
@@ -211,7 +216,7 @@ def _parse_vmdk_sparse(r: Reader) -> Detection:
     return Detection("vmdk", capacity * 512, {"create_type": create_type})
 
 
-def _parse_vmdk_text(r: Reader) -> Detection:
+def parse_vmdk_text(r: Reader) -> Detection:
     # A descriptor file keeps its data in extent files, so it is never accepted.
     _check_vmdk_descriptor(r.head, embedded=False)
     raise bad("the VMDK descriptor file names no extents")
@@ -259,7 +264,7 @@ VDI_TYPES = {1: "dynamic", 2: "fixed"}
 VDI_TYPE_DIFF = 4
 
 
-def _parse_vdi(r: Reader) -> Detection:
+def parse_vdi(r: Reader) -> Detection:
     h = r.at(0, 0x190)
     version, _hsize, image_type = struct.unpack_from("<III", h, 0x44)
     offset_bmap, offset_data = struct.unpack_from("<II", h, 0x154)
@@ -293,7 +298,7 @@ VPC_MAX_GEOMETRY = 65535 * 16 * 255
 VPC_CHS_CREATORS = (b"vpc ", b"qemu")
 
 
-def _parse_vpc(r: Reader) -> Detection:
+def parse_vpc(r: Reader) -> Detection:
     at_start = r.head[:8] == VPC_COOKIE
     footer = r.head[:512] if at_start else r.tail
     data_off, _ts, creator = struct.unpack_from(">QI4s", footer, 16)
@@ -325,65 +330,6 @@ def _parse_vpc(r: Reader) -> Detection:
 ISO_DESCRIPTOR = 0x8000
 
 
-def _parse_iso(r: Reader) -> Detection:
+def parse_iso(r: Reader) -> Detection:
     label = r.head[ISO_DESCRIPTOR + 40 : ISO_DESCRIPTOR + 72].decode("ascii", "replace").strip()
     return Detection("iso", r.size, {"volume_id": label})
-
-
-# --- registry ----------------------------------------------------------------
-
-
-class Probe(NamedTuple):
-    matches: Callable[[Reader], bool]
-    parse: Callable[[Reader], Detection]
-
-
-def _unsupported(name: str) -> Callable[[Reader], Detection]:
-    def parse(r: Reader) -> Detection:
-        raise UnsafeImage(Reason.UNSUPPORTED_FORMAT, f"{name} images are not supported")
-
-    return parse
-
-
-def _magic(magic: bytes) -> Callable[[Reader], bool]:
-    return lambda r: r.head.startswith(magic)
-
-
-PROBES: dict[str, Probe] = {
-    "qcow2": Probe(lambda r: r.head[:4] == QCOW2_MAGIC and r.size >= 104, _parse_qcow2),
-    "vhdx": Probe(
-        lambda r: r.head[:8] == b"vhdxfile" and r.size >= VHDX_REGION_TABLE + 64 * KiB, _parse_vhdx
-    ),
-    "vmdk": Probe(lambda r: r.head[:4] == VMDK_MAGIC and r.size >= 512, _parse_vmdk_sparse),
-    "vmdk-descriptor": Probe(_is_vmdk_text, _parse_vmdk_text),
-    "vdi": Probe(
-        lambda r: r.size >= 512 and struct.unpack_from("<I", r.head, 0x40)[0] == VDI_SIGNATURE,
-        _parse_vdi,
-    ),
-    "vpc": Probe(lambda r: r.size >= 512 and VPC_COOKIE in (r.head[:8], r.tail[:8]), _parse_vpc),
-    "iso": Probe(lambda r: r.head[ISO_DESCRIPTOR + 1 : ISO_DESCRIPTOR + 6] == b"CD001", _parse_iso),
-    "qed": Probe(_magic(b"QED\0"), _unsupported("QED")),
-    "luks": Probe(_magic(b"LUKS\xba\xbe"), _unsupported("LUKS")),
-    "parallels": Probe(
-        lambda r: r.head[:16] in (b"WithoutFreeSpace", b"WithouFreSpacExt"),
-        _unsupported("Parallels"),
-    ),
-    "bochs": Probe(_magic(b"Bochs Virtual HD Image"), _unsupported("Bochs")),
-    "cloop": Probe(_magic(b"#!/bin/sh\n#V2.0 Format"), _unsupported("cloop")),
-    "vmdk3": Probe(_magic(b"COWD"), _unsupported("VMDK3 (COWD)")),
-    "dmg": Probe(lambda r: r.tail[:4] == b"koly", _unsupported("DMG")),
-}
-
-
-def partition_table(r: Reader) -> str | None:
-    """``"gpt"``, ``"mbr"`` or None from the first sectors of a raw disk."""
-    h = r.head
-    if len(h) < 512 or h[510:512] != b"\x55\xaa":
-        return None
-    entries = [h[446 + 16 * i : 462 + 16 * i] for i in range(4)]
-    if any(e[0] not in (0, 0x80) for e in entries) or all(e[4] == 0 for e in entries):
-        return None
-    protective = any(e[4] == 0xEE for e in entries)
-    if protective and b"EFI PART" in (h[512:520], h[4096:4104]):
-        return "gpt"
-    return "mbr"

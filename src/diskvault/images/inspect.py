@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from diskvault.images.errors import Reason, UnsafeImage
-from diskvault.images.formats import PROBES, partition_table
+from diskvault.images.probes import (
+    PROBES,
+    VPC_COOKIE,
+    boot_signature,
+    partition_table,
+    truncated_format,
+)
 from diskvault.images.reader import Detection, Reader
 from diskvault.tools import qemu_img
 
@@ -102,13 +108,24 @@ def _open(path: str | os.PathLike[str]) -> tuple[int, int]:
 def _detect(reader: Reader, claimed: str | None) -> Detection:
     matched = [name for name, probe in PROBES.items() if probe.matches(reader)]
     table = partition_table(reader)
-    # A hybrid ISO carries an MBR or GPT so it can boot from a USB stick;
-    # any other container format with one is a polyglot.
-    if table and matched and matched != ["iso"]:
-        matched.append(table)
+    # A hybrid ISO carries an MBR or GPT so it can boot from a USB stick, and a fixed VHD
+    # is the guest's raw disk (its partition table included) followed by a footer. Any
+    # other container format whose first sector also ends in the MBR boot signature is a
+    # polyglot, whether or not its partition entries look valid (as OpenStack's
+    # format_inspector judges it).
+    if (matched and matched not in (["iso"], ["vpc"]) and (table or boot_signature(reader))) or (
+        matched == ["vpc"] and reader.head[:8] == VPC_COOKIE and (table or boot_signature(reader))
+    ):
+        matched.append(table or "mbr")
     if len(matched) > 1:
         raise UnsafeImage(
             Reason.POLYGLOT, f"the file looks like several formats at once: {', '.join(matched)}"
+        )
+    if not matched and (truncated := truncated_format(reader)):
+        raise UnsafeImage(
+            Reason.INVALID_HEADER,
+            f"the file starts like a {truncated} image but is too short to hold its headers "
+            f"({reader.size} bytes): it was cut off; upload it again",
         )
     name = matched[0] if matched else "raw"
     shown = "vmdk" if name == "vmdk-descriptor" else name
