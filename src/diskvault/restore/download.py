@@ -1,7 +1,7 @@
 """Streaming files and directories out of a restore mount.
 
-A file is sent with a single HTTP Range honoured (206/416). A directory is
-generated as a tar (PAX, so long and unicode names survive) or a zip on the fly,
+A file is sent by Starlette's FileResponse, a single HTTP Range honoured (206/416).
+A directory is generated as a tar (PAX, so long and unicode names survive) or a zip on the fly,
 member by member: nothing is staged on disk and memory stays at one chunk.
 Symlinks go into the archive as symlinks; they are never followed.
 """
@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from typing import Literal
 from urllib.parse import quote
 
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
-from diskvault.images.download import parse_range
+from diskvault.images.download import local_file
 from diskvault.restore.browse import OPEN_FLAGS, Location, Target, walk
 from diskvault.restore.errors import NotAFile
 
@@ -58,38 +59,26 @@ def read_range(fd: int, start: int, end: int, touch: Touch) -> Iterator[bytes]:
 
 def file_response(
     loc: Location, target: Target, range_header: str | None, touch: Touch
-) -> StreamingResponse:
+) -> Response:
+    """The file through Starlette's FileResponse, by the descriptor already opened (with
+    O_NOFOLLOW, under the mount): ``/proc/self/fd/N`` reopens that very file, so a
+    symlink swapped in meanwhile is never followed. The descriptor is closed after."""
     if target.kind != "file":
         raise NotAFile(path=loc.path, kind=target.kind)
-    size = target.stat.st_size
-    selected = parse_range(range_header, size)
-    start, end = selected or (0, size)
-
-    def body() -> Iterator[bytes]:
-        try:
-            yield from read_range(target.fd, start, end, touch)
-        finally:
-            target.close()
-
     headers = {
-        "Accept-Ranges": "bytes",
-        "Content-Length": str(end - start),
         "Content-Disposition": disposition(loc.name),
-        "Last-Modified": http_date(target.stat.st_mtime),
         # Declared so the app's gzip middleware leaves the bytes (and ranges) alone.
         "Content-Encoding": "identity",
     }
-    status = 200
-    if selected is not None:
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return StreamingResponse(
-        body(), status_code=status, headers=headers, media_type="application/octet-stream"
+    os.posix_fadvise(target.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    return local_file(
+        f"/proc/self/fd/{target.fd}",
+        target.stat,
+        range_header,
+        headers,
+        on_chunk=touch,
+        background=BackgroundTask(target.close),
     )
-
-
-def http_date(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
 def members(target: Target, top: str) -> Iterator[tuple[str, int, str, os.stat_result]]:
@@ -226,7 +215,7 @@ def directory_response(
 
 def response(
     loc: Location, target: Target, fmt: Format, range_header: str | None, touch: Touch
-) -> StreamingResponse:
+) -> Response:
     if target.kind == "dir":
         return directory_response(loc, target, fmt, touch)
     return file_response(loc, target, range_header, touch)
