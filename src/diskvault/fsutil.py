@@ -27,7 +27,7 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

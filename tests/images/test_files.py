@@ -113,7 +113,7 @@ def test_convert_flushes_unless_told_not_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flushed: list[Path] = []
-    monkeypatch.setattr(files, "fsync_file", flushed.append)
+    monkeypatch.setattr(files, "fsync_path", flushed.append)
     src = patterned(tmp_path / "src.qcow2", "qcow2")
     convert_file(src, "qcow2", tmp_path / "a.raw", "raw")
     assert flushed == [tmp_path / "a.raw.partial"]

@@ -22,6 +22,7 @@ import structlog
 
 from diskvault.config import Settings
 from diskvault.db.engine import session_scope
+from diskvault.fsutil import fsync_path
 from diskvault.images import files
 from diskvault.images.digest import file_digest
 from diskvault.images.errors import ShrinkRefused, UnsafeImage
@@ -83,7 +84,7 @@ def ingest(ctx: JobContext, image_id: str) -> dict[str, Any]:
     padded = inspection.format == "raw" and common["file_size"] != inspection.virtual_size
     if inspection.format in (target, "iso") and not padded:
         digest = image.source_digest or _digest(ctx, staged)
-        files.fsync_file(staged)
+        fsync_path(staged)
         key = store.new_key(image_id, inspection.format)
         store.publish(staged, key)
         common["details"] = {**details, "digest": digest}
@@ -275,7 +276,7 @@ def settle_failure(settings: Settings, job_id: str, params: dict[str, Any], mess
         staged = staged_path(settings, image_id)
         if staged.exists() and image.storage_key is None and image.format is not None:
             try:
-                files.fsync_file(staged)
+                fsync_path(staged)
                 key = store.new_key(image_id, image.format)
                 store.publish(staged, key)
                 image.storage_key = key

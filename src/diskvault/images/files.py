@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from diskvault.fsutil import fsync_dir
+from diskvault.fsutil import fsync_dir, fsync_path
 from diskvault.images import allocation
 from diskvault.images.digest import ExtentHasher, data_extents, file_digest, hash_blocks
 from diskvault.images.errors import InsufficientSpace
@@ -103,14 +103,6 @@ def allocated_bytes(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
 
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def space_needed(src: Path, src_fmt: str, dst_fmt: str, *, binary: str) -> int:
     """Bytes the converted image will take; qemu-img measure where it can, else mapped data."""
     if dst_fmt == "qcow2":
@@ -190,13 +182,13 @@ def convert_file(
             )
             if digest:
                 with ThreadPoolExecutor(1, thread_name_prefix="fsync") as pool:
-                    flushed = pool.submit(fsync_file, partial)
+                    flushed = pool.submit(fsync_path, partial)
                     result, _ = file_digest(
                         partial, progress=digest_progress, should_cancel=should_cancel
                     )
                     flushed.result()
             elif sync:
-                fsync_file(partial)
+                fsync_path(partial)
         os.replace(partial, dst)
         if sync:
             fsync_dir(dst.parent)
