@@ -41,7 +41,7 @@ def hook(settings: Settings) -> Callable[[StorageProvider, str], str | None] | N
         if path is None:
             return None
         with session_scope(settings.DATABASE_URL) as session:
-            image = request(settings, session, ImageImport(path=str(path)), owner="organizer")
+            image = request(session, settings, ImageImport(path=str(path)), owner="organizer")
             return str(image.id)
 
     return call
