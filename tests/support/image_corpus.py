@@ -9,6 +9,8 @@ import struct
 import subprocess
 from pathlib import Path
 
+from diskvault.tools import qemu_img as tool
+
 MiB = 1024 * 1024
 SIZE = 4 * MiB
 MBR_ENTRY = bytes([0x80, 0, 2, 0, 0x83, 0, 0, 0]) + struct.pack("<II", 2048, 2048)
@@ -107,17 +109,9 @@ def build(d: Path) -> dict[str, Path]:
     key = d / "luks.key"
     key.write_text("secret")
     luks = out["plain.luks"] = d / "plain.luks"
-    qemu_img(
-        "create",
-        "-f",
-        "luks",
-        "--object",
-        f"secret,id=s,file={key}",
-        "-o",
-        "key-secret=s",
-        str(luks),
-        "4M",
-    )
+    # qemu_img.create retries QEMU's flaky PBKDF2 benchmark (see tools/qemu_img.py).
+    secret = f"secret,id=s,file={key}"
+    tool.create(luks, "luks", SIZE, options={"key-secret": "s"}, objects=[secret])
 
     # Hostile: anything that makes qemu open another file.
     qemu_img("create", "-f", "qcow2", "-b", str(raw), "-F", "raw", str(d / "backing.qcow2"))

@@ -43,7 +43,6 @@ MAX_BYTES = 4096
 SECRET_ID = "dvkey"  # noqa: S105 (the id of a QEMU secret object, not a secret)
 ITER_TIME_MS = 10
 FORMAT = "luks"
-CREATE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -219,17 +218,7 @@ def template(key: Key, cache: Path, binary: str) -> Path:
         "encrypt.iter-time": ITER_TIME_MS,
     }
     try:
-        for attempt in range(CREATE_ATTEMPTS):
-            try:
-                qemu_img.create(
-                    part, "qcow2", 0, options=options, objects=key.objects(), binary=binary
-                )
-                break
-            except qemu_img.QemuImgError as exc:
-                # QEMU's PBKDF2 benchmark fails now and then when a round takes less than
-                # one CPU-time tick ("Unable to get accurate CPU usage"): just try again.
-                if "accurate CPU usage" not in exc.stderr or attempt + 1 == CREATE_ATTEMPTS:
-                    raise
+        qemu_img.create(part, "qcow2", 0, options=options, objects=key.objects(), binary=binary)
         os.replace(part, path)
     finally:
         part.unlink(missing_ok=True)
