@@ -58,8 +58,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 class LocalFile(FileResponse):
-    """``FileResponse`` told which ranges diskvault honours, calling ``on_chunk`` per chunk
-    sent (a restore mount's keep-alive during a long download)."""
+    """``FileResponse`` told which ranges diskvault honours, calling ``on_chunk`` with the
+    file offset reached after each chunk sent (a restore mount keeps itself alive and
+    asks the kernel to read ahead from there)."""
 
     chunk_size = CHUNK
 
@@ -70,7 +71,8 @@ class LocalFile(FileResponse):
         stat: os.stat_result,
         headers: Mapping[str, str],
         honour_range: bool,
-        on_chunk: Callable[[], None] | None = None,
+        start: int = 0,
+        on_chunk: Callable[[int], None] | None = None,
         background: BackgroundTask | None = None,
     ) -> None:
         super().__init__(
@@ -80,18 +82,20 @@ class LocalFile(FileResponse):
             stat_result=stat,
             background=background,
         )
-        self.honour_range, self.on_chunk = honour_range, on_chunk
+        self.honour_range, self.start, self.on_chunk = honour_range, start, on_chunk
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.honour_range:
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"range"]}
         on_chunk = self.on_chunk
         if on_chunk is not None:
-            inner = send
+            inner, offset = send, self.start
 
             async def send(message: MutableMapping[str, Any]) -> None:
+                nonlocal offset
                 if message["type"] == "http.response.body":
-                    on_chunk()
+                    offset += len(message.get("body", b""))
+                    on_chunk(offset)
                 await inner(message)
 
         await super().__call__(scope, receive, send)
@@ -103,7 +107,7 @@ def local_file(
     range_header: str | None,
     headers: Mapping[str, str],
     *,
-    on_chunk: Callable[[], None] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
     background: BackgroundTask | None = None,
 ) -> Response:
     """A local file with ``Accept-Ranges``; raises :class:`RangeNotSatisfiable` (416)."""
@@ -113,6 +117,7 @@ def local_file(
         stat=stat,
         headers={"Accept-Ranges": "bytes", **headers},
         honour_range=selected is not None,
+        start=selected[0] if selected else 0,
         on_chunk=on_chunk,
         background=background,
     )
