@@ -208,4 +208,4 @@ def test_a_pull_job_left_by_a_killed_worker_is_ended(
     repo = add_repo(bsettings, "lv", tmp_path / "repo")
     add_source(bsettings, "lvm", "libvirt", domain=name)
     assert same(image(bsettings, backup(bsettings, "lvm", repo)), shadow)
-    shutil.rmtree(stale, ignore_errors=True)
+    assert not stale.exists(), "the stale job's socket and scratch directory is removed"

@@ -136,16 +136,17 @@ class LibvirtSession:
         if plan.backup_type == "incremental":
             assert previous is not None
             since = str(previous.tracking["checkpoint"])
+        self._end_stale_job()
         share = self._share_dir()
         socket, new = share / "nbd.sock", tracking_name(self.opts.backup_id)
         disks = self.source.disks()
-        self._end_stale_job()
         try:
             self.dom.backupBegin(
                 _backup_xml(disks, self.disk, socket, share / "scratch.qcow2", since),
                 _checkpoint_xml(disks, self.disk, new),
             )
         except libvirt.libvirtError as exc:
+            shutil.rmtree(share, ignore_errors=True)
             raise self._unavailable(_message(exc)) from exc
         self._new = new
         url = nbd.unix_url(socket, self.disk)
@@ -183,8 +184,11 @@ class LibvirtSession:
             running = self.dom.backupGetXMLDesc()
         except libvirt.libvirtError:
             return  # no backup job
-        if f"{SHARE_ROOT}/diskvault-" in running:
+        server = ET.fromstring(running).find("server")  # noqa: S314 (libvirtd's own XML)
+        socket = Path(server.get("socket", "")) if server is not None else Path()
+        if socket.parent.name.startswith("diskvault-") and str(socket.parent.parent) == SHARE_ROOT:
             self._end_job()
+            shutil.rmtree(socket.parent, ignore_errors=True)
 
     def _end_job(self) -> None:
         """A pull-mode backup lasts until it is aborted; wait until libvirt says it ended."""
